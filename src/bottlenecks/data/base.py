@@ -1,0 +1,101 @@
+"""The raw-dataset protocol every datamodule builds on.
+
+A :class:`ConceptDataset` is a map-style torch dataset whose items are the batch
+dicts of DESIGN.md, one example at a time::
+
+    {"x": Tensor,              # image (3, H, W) float in [0, 1], or a feature vector (d,)
+     "y": Tensor,              # int64 class index (classification) or float (regression)
+     "concepts": Tensor,       # (n_concepts,) float in [0, 1], NaN where unlabelled (optional)
+     "masks": Tensor,          # (n_concepts, H, W) bool ground-truth locations (optional)
+     "index": int}
+
+Besides items, it exposes the labels and concepts of *all* examples as tensors
+(``targets``, ``concept_table``) so that datamodules can pair them with cached
+features without decoding any image, and a ``fingerprint`` that changes whenever
+the content would (used in feature-cache keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+Task = Literal["classification", "regression"]
+
+
+class ConceptDataset(Dataset):
+    """Base class of raw datasets. Subclasses set the attributes and implement ``__getitem__``.
+
+    Attributes:
+        concept_names: names of the concept columns, or None when the data has no concepts.
+        num_classes: number of classes (classification) or None (regression).
+        task: ``"classification"`` or ``"regression"``.
+        kind: ``"image"`` when ``x`` is a ``(3, H, W)`` image in ``[0, 1]``,
+            ``"features"`` when ``x`` is already a vector.
+        class_names: optional readable class names.
+    """
+
+    concept_names: list[str] | None = None
+    num_classes: int | None = None
+    task: Task = "classification"
+    kind: Literal["image", "features"] = "image"
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def targets(self) -> Tensor:
+        """All labels, ``(n,)`` int64 for classification or float32 for regression."""
+        raise NotImplementedError
+
+    def concept_table(self) -> Tensor | None:
+        """All concept values ``(n, n_concepts)`` float32 (NaN = unlabelled), or None."""
+        return None
+
+    def fingerprint(self) -> str:
+        """A short string that changes whenever the dataset's content would change."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- helpers
+    @property
+    def n_concepts(self) -> int:
+        return 0 if self.concept_names is None else len(self.concept_names)
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """A short hex digest of a JSON-serialisable object (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def check_labels(y: Tensor, num_classes: int | None, where: str) -> None:
+    """Raise a clear error if class labels fall outside ``[0, num_classes)``."""
+    if num_classes is None:
+        if not torch.isfinite(y).all():
+            raise ValueError(f"{where}: regression targets contain NaN or inf")
+        return
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = y[(y < 0) | (y >= num_classes)].unique()[:5].tolist()
+        raise ValueError(
+            f"{where}: labels must lie in [0, {num_classes}) but found {bad}"
+        )
+
+
+def check_concepts(c: Tensor, names: list[str] | None, where: str) -> None:
+    """Raise a clear error if a concept table has the wrong width or values outside [0, 1]."""
+    if names is not None and c.shape[1] != len(names):
+        raise ValueError(
+            f"{where}: concepts has {c.shape[1]} columns but the concept vocabulary has "
+            f"{len(names)} names"
+        )
+    finite = c[~torch.isnan(c)]
+    if finite.numel() and (finite.min() < 0 or finite.max() > 1):
+        raise ValueError(f"{where}: concept values must lie in [0, 1] (NaN for unlabelled)")
