@@ -1,0 +1,101 @@
+"""End-of-run report: concept and task metrics next to a black-box linear probe."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def _float(v: Any) -> float:
+    return float(v.item() if torch.is_tensor(v) else v)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class RunReport(Callback):
+    """After testing: prints a table of per-concept accuracy/AUROC, the mean, the task
+    metric and the same task metric for a linear probe on the same features, and
+    writes it all to ``<run dir>/metrics.json``.
+
+    Args:
+        linear_probe: fit the black-box probe (needs a datamodule with feature splits).
+        probe_max_train: at most this many training rows for the probe (random subset).
+    """
+
+    def __init__(self, linear_probe: bool = True, probe_max_train: int = 20000) -> None:
+        self.linear_probe = linear_probe
+        self.probe_max_train = probe_max_train
+        self.metrics: dict[str, Any] = {}
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        m: dict[str, Any] = {k: _float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        names = getattr(pl_module, "concept_names", None)
+        per = getattr(pl_module, "test_concept_metrics", None)
+        if names and per:
+            m["per_concept"] = {
+                n: {k: _float(per[k][i]) for k in per} for i, n in enumerate(names)
+            }
+        dm = trainer.datamodule
+        if self.linear_probe and dm is not None and hasattr(dm, "split"):
+            from bottlenecks.analysis.probes import linear_probe
+
+            tr, va, te = dm.split("train"), dm.split("val"), dm.split("test")
+            idx = torch.arange(len(tr))
+            if len(idx) > self.probe_max_train:
+                idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[: self.probe_max_train]
+            probe = linear_probe(
+                tr.x[idx], tr.y[idx], va.x, va.y, te.x, te.y, task=getattr(pl_module, "task", "classification")
+            )
+            m["linear_probe"] = {"metric": probe.metric, "train": probe.train, "val": probe.val, "test": probe.test, "C": probe.C}
+        self.metrics = m
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "metrics.json", m)
+        print_report(m, run_dir)
+
+
+def print_report(m: dict[str, Any], run_dir: Path | None = None) -> None:
+    """Print the report table with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    per = m.get("per_concept")
+    if per:
+        t = Table(title="concepts (test)")
+        t.add_column("concept")
+        t.add_column("accuracy", justify="right")
+        t.add_column("AUROC", justify="right")
+        for name, v in per.items():
+            t.add_row(name, f"{v.get('concept_acc', float('nan')):.3f}", f"{v.get('concept_auroc', float('nan')):.3f}")
+        t.add_row("[b]mean[/b]", f"[b]{m.get('test/concept_acc', float('nan')):.3f}[/b]",
+                  f"[b]{m.get('test/concept_auroc', float('nan')):.3f}[/b]")
+        console.print(t)
+    t = Table(title="task (test)")
+    t.add_column("model")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    if "test/task_acc" in m:
+        t.add_row("bottleneck model", "accuracy", f"{m['test/task_acc']:.4f}")
+    for k in ("test/r2", "test/mse"):
+        if k in m:
+            t.add_row("bottleneck model", k.split("/")[1], f"{m[k]:.4f}")
+    if "linear_probe" in m:
+        lp = m["linear_probe"]
+        t.add_row("linear probe (black box)", lp["metric"], f"{lp['test']:.4f}")
+    console.print(t)
+    if run_dir is not None:
+        console.print(f"run directory: {run_dir}")

@@ -1,0 +1,338 @@
+"""Datamodules: raw dataset → frozen encoder → feature cache → batches of features.
+
+:class:`BottleneckDataModule` is the base every dataset-specific datamodule
+extends: a subclass says how to build the raw :class:`ConceptDataset` of each
+split, and the base encodes each split once through the feature cache and serves
+batch dicts ``{"x": (batch, feature_dim), "y", "concepts", "index"}`` straight
+from tensors (one indexing op per batch, no per-example collation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from bottlenecks.data.base import ConceptDataset, Task, check_concepts, check_labels
+
+SPLITS = ("train", "val", "test")
+
+
+class FeatureBatches(Dataset):
+    """Tensors indexed a whole batch at a time: ``ds[list_of_indices]`` → batch dict."""
+
+    def __init__(self, x: Tensor, y: Tensor, concepts: Tensor | None = None) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"features have {len(x)} rows but labels have {len(y)}")
+        if concepts is not None and len(concepts) != len(x):
+            raise ValueError(f"features have {len(x)} rows but concepts have {len(concepts)}")
+        self.x, self.y, self.concepts = x, y, concepts
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx: list[int] | Tensor) -> dict[str, Tensor]:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        batch = {"x": self.x[idx].float(), "y": self.y[idx], "index": idx}
+        if self.concepts is not None:
+            batch["concepts"] = self.concepts[idx]
+        return batch
+
+
+def batch_loader(ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
+    """A DataLoader that yields whole batches from :class:`FeatureBatches`."""
+    if shuffle:
+        sampler: Any = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(ds)
+    return DataLoader(
+        ds,
+        batch_size=None,
+        sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=False),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Shared serving logic: holds per-split feature tensors and builds loaders.
+
+    Subclasses fill ``self._splits[split] = FeatureBatches(...)`` in :meth:`setup` and
+    set ``feature_dim``, ``concept_names``, ``num_classes``, ``task`` in ``__init__``.
+    """
+
+    feature_dim: int
+    concept_names: list[str] | None
+    num_classes: int | None
+    task: Task
+    class_names: list[str] | None = None
+
+    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self._splits: dict[str, FeatureBatches] = {}
+
+    @property
+    def n_concepts(self) -> int:
+        return 0 if self.concept_names is None else len(self.concept_names)
+
+    def split(self, name: str) -> FeatureBatches:
+        """The feature tensors of one split (``setup`` must have run)."""
+        if name not in self._splits:
+            self.setup("fit" if name in ("train", "val") else "test")
+        return self._splits[name]
+
+    def train_features(self) -> Tensor:
+        return self.split("train").x
+
+    def train_dataloader(self) -> DataLoader:
+        return batch_loader(self.split("train"), self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return batch_loader(self.split("val"), self.eval_batch_size, shuffle=False, seed=self.seed)
+
+    def test_dataloader(self) -> DataLoader:
+        return batch_loader(self.split("test"), self.eval_batch_size, shuffle=False, seed=self.seed)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+class BottleneckDataModule(FeatureDataModule):
+    """Base datamodule over raw :class:`ConceptDataset` splits and a frozen encoder.
+
+    Subclasses implement :meth:`make_dataset`. Features of each split are computed
+    once per (encoder, weights, transform, dataset, split) and kept in the feature
+    cache under ``cache_dir``; datasets whose items are already vectors
+    (``kind == "features"``) skip the encoder.
+
+    Args:
+        encoder: encoder spec for :func:`bottlenecks.encoders.build_encoder`
+            (``"lite0"``, ``"open_clip:ViT-B-32"``, ``{"name": ..., ...}``).
+        cache_dir: folder of the feature cache.
+        batch_size / eval_batch_size: training / evaluation batch sizes.
+        encode_batch_size: images per encoder forward pass when filling the cache.
+        num_workers: worker processes that render/load images while encoding.
+        seed: seed of the shuffling order.
+    """
+
+    def __init__(
+        self,
+        encoder: str | dict[str, Any] = "lite0",
+        cache_dir: str = ".cache/features",
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        encode_batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        self.encoder_spec = encoder
+        self.cache_dir = cache_dir
+        self.encode_batch_size = encode_batch_size
+        self.num_workers = num_workers
+        self._datasets: dict[str, ConceptDataset] = {}
+        self._encoder = None
+        probe = self.dataset("train")
+        self.concept_names = probe.concept_names
+        self.num_classes = probe.num_classes
+        self.class_names = probe.class_names
+        self.task = probe.task
+        self.kind = probe.kind
+        if probe.kind == "features":
+            self.feature_dim = int(probe[0]["x"].numel())
+            self.encoder_spec = "identity"
+        else:
+            self.feature_dim = self.encoder.out_dim
+
+    # ------------------------------------------------------------ subclass API
+    def make_dataset(self, split: str) -> ConceptDataset:  # pragma: no cover - abstract
+        """The raw dataset of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- plumbing
+    def dataset(self, split: str) -> ConceptDataset:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._datasets:
+            self._datasets[split] = self.make_dataset(split)
+        return self._datasets[split]
+
+    @property
+    def encoder(self):  # noqa: ANN201 - FrozenEncoder
+        if self._encoder is None:
+            from bottlenecks.encoders import build_encoder
+
+            self._encoder = build_encoder(self.encoder_spec)
+        return self._encoder
+
+    def _features(self, split: str) -> Tensor:
+        ds = self.dataset(split)
+        if ds.kind == "features":
+            return torch.stack([ds[i]["x"].float().reshape(-1) for i in range(len(ds))])
+        from bottlenecks.encoders import FeatureCache
+
+        identity = {**self.encoder.cache_identity(), "dataset": ds.fingerprint(), "split": split}
+        cache = FeatureCache(Path(self.cache_dir))
+        return cache.get_or_compute(
+            identity,
+            lambda: self.encoder.encode_dataset(
+                ds, batch_size=self.encode_batch_size, num_workers=self.num_workers, desc=f"encoding {split}"
+            ),
+            expected_rows=len(ds),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage or "", SPLITS):
+            if split in self._splits:
+                continue
+            ds = self.dataset(split)
+            x = self._features(split)
+            if x.shape[1] != self.feature_dim:
+                raise ValueError(
+                    f"{split} features have width {x.shape[1]} but the encoder outputs {self.feature_dim}"
+                )
+            y = ds.targets()
+            check_labels(y, self.num_classes, f"{type(ds).__name__}({split})")
+            c = ds.concept_table()
+            if c is not None:
+                check_concepts(c, self.concept_names, f"{type(ds).__name__}({split})")
+            self._splits[split] = FeatureBatches(x, y, c)
+
+
+class ArrayDataModule(FeatureDataModule):
+    """Features a user already has: arrays in, batch dicts out.
+
+    From Python, pass tensors/arrays; from YAML, pass ``path`` to an ``.npz``,
+    ``.pt`` or ``.safetensors`` file holding ``x_train``, ``y_train`` and optionally
+    ``concepts_train`` and the same for ``val`` / ``test``.
+    When no validation split is given, ``val_fraction`` of train is held out.
+
+    Args:
+        path: file with the arrays (alternative to the ``x_train`` ... arguments).
+        task: ``"classification"`` or ``"regression"``.
+        num_classes: inferred from the labels when None (classification).
+        concept_names: names of the concept columns (default ``c0, c1, ...``).
+        val_fraction: fraction of train held out for validation when no val split is given.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        task: Task = "classification",
+        num_classes: int | None = None,
+        concept_names: list[str] | None = None,
+        class_names: list[str] | None = None,
+        val_fraction: float = 0.1,
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+        arrays: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        if (path is None) == (arrays is None):
+            raise ValueError("ArrayDataModule needs exactly one of `path` or arrays (use from_arrays)")
+        data = _load_arrays(path) if path is not None else dict(arrays)  # type: ignore[arg-type]
+        tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in data.items() if v is not None}
+        for key in ("x_train", "y_train"):
+            if key not in tensors:
+                raise ValueError(f"ArrayDataModule: missing {key!r}; got keys {sorted(tensors)}")
+        self.task = task
+        if task == "classification":
+            ys = [tensors[f"y_{s}"] for s in SPLITS if f"y_{s}" in tensors]
+            if num_classes is None:
+                num_classes = int(max(int(y.max()) for y in ys)) + 1
+            self.num_classes = num_classes
+        else:
+            self.num_classes = None
+        self.class_names = class_names
+        if "val" not in {k.split("_", 1)[1] for k in tensors if k.startswith("x_")}:
+            g = torch.Generator().manual_seed(seed)
+            n = len(tensors["x_train"])
+            perm = torch.randperm(n, generator=g)
+            n_val = max(1, int(round(val_fraction * n)))
+            for prefix in ("x", "y", "concepts"):
+                if f"{prefix}_train" in tensors:
+                    full = tensors[f"{prefix}_train"]
+                    tensors[f"{prefix}_val"] = full[perm[:n_val]]
+                    tensors[f"{prefix}_train"] = full[perm[n_val:]]
+        if "x_test" not in tensors:
+            for prefix in ("x", "y", "concepts"):
+                if f"{prefix}_val" in tensors:
+                    tensors[f"{prefix}_test"] = tensors[f"{prefix}_val"]
+        x_train = tensors["x_train"]
+        if x_train.dim() != 2:
+            raise ValueError(f"x_train must be (n, features), got shape {tuple(x_train.shape)}")
+        self.feature_dim = int(x_train.shape[1])
+        c_train = tensors.get("concepts_train")
+        if c_train is not None:
+            from bottlenecks.layers.base import check_concept_names
+
+            self.concept_names = check_concept_names(concept_names, int(c_train.shape[1]))
+        else:
+            if concept_names:
+                raise ValueError("concept_names were given but the arrays have no concepts_train")
+            self.concept_names = None
+        for split in SPLITS:
+            x = tensors[f"x_{split}"].float()
+            if x.dim() != 2 or x.shape[1] != self.feature_dim:
+                raise ValueError(
+                    f"x_{split} has shape {tuple(x.shape)} but x_train has {self.feature_dim} features"
+                )
+            y = tensors[f"y_{split}"]
+            y = y.long() if task == "classification" else y.float()
+            check_labels(y, self.num_classes, f"y_{split}")
+            c = tensors.get(f"concepts_{split}")
+            if c is not None:
+                c = c.float()
+                check_concepts(c, self.concept_names, f"concepts_{split}")
+            self._splits[split] = FeatureBatches(x, y, c)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x_train: Any,
+        y_train: Any,
+        x_val: Any = None,
+        y_val: Any = None,
+        x_test: Any = None,
+        y_test: Any = None,
+        concepts_train: Any = None,
+        concepts_val: Any = None,
+        concepts_test: Any = None,
+        **kwargs: Any,
+    ) -> ArrayDataModule:
+        arrays = {k: v for k, v in locals().items() if k not in ("cls", "kwargs") and v is not None}
+        return cls(arrays=arrays, **kwargs)
+
+    def setup(self, stage: str | None = None) -> None:  # everything is in memory already
+        return None
+
+
+def _load_arrays(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"ArrayDataModule: no file at {p}")
+    if p.suffix == ".npz":
+        with np.load(p) as f:
+            return {k: f[k] for k in f.files}
+    if p.suffix == ".pt":
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{p} must hold a dict of tensors, got {type(obj).__name__}")
+        return obj
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    raise ValueError(f"ArrayDataModule: unsupported file type {p.suffix!r} (use .npz, .pt or .safetensors)")
