@@ -99,3 +99,41 @@ def check_concepts(c: Tensor, names: list[str] | None, where: str) -> None:
     finite = c[~torch.isnan(c)]
     if finite.numel() and (finite.min() < 0 or finite.max() > 1):
         raise ValueError(f"{where}: concept values must lie in [0, 1] (NaN for unlabelled)")
+
+
+class ConceptSubset(ConceptDataset):
+    """The rows ``indices`` of a :class:`ConceptDataset`, keeping its protocol."""
+
+    def __init__(self, dataset: ConceptDataset, indices: Tensor | list[int], tag: str = "subset") -> None:
+        self.dataset = dataset
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.tag = tag
+        for attr in ("concept_names", "num_classes", "task", "kind", "class_names"):
+            setattr(self, attr, getattr(dataset, attr))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[int(self.indices[index])])
+        item["index"] = index
+        return item
+
+    def targets(self) -> Tensor:
+        return self.dataset.targets()[self.indices]
+
+    def concept_table(self) -> Tensor | None:
+        table = self.dataset.concept_table()
+        return None if table is None else table[self.indices]
+
+    def fingerprint(self) -> str:
+        return stable_hash([self.dataset.fingerprint(), self.tag, self.indices.tolist()])
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Random (keep, held_out) index tensors with ``round(fraction * n)`` rows held out."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"a held-out fraction must lie in (0, 1), got {fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_out = max(1, int(round(fraction * n)))
+    return perm[n_out:].sort().values, perm[:n_out].sort().values

@@ -1,0 +1,223 @@
+"""Datamodules for the datasets that ship with (or are read by) bottlenecks.
+
+Each is a thin :class:`~bottlenecks.data.datamodule.BottleneckDataModule`: it
+says how to build a split's raw dataset; encoding, caching and batching are
+shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bottlenecks.data.base import ConceptDataset
+from bottlenecks.data.datamodule import BottleneckDataModule
+
+
+class ShapesDataModule(BottleneckDataModule):
+    """Procedural Shapes (:class:`~bottlenecks.data.shapes.ShapesDataset`) through a frozen encoder.
+
+    Args:
+        n_train / n_val / n_test: split sizes.
+        data_seed: seed of the generated images (the shuffling seed is ``seed``).
+        image_size: rendered image size in pixels (the encoder resizes as it needs).
+        cooccurrence, label_noise, confounded, spurious_strength: dataset knobs,
+            see :class:`~bottlenecks.data.shapes.ShapesDataset`.
+        encoder, cache_dir, batch_size, ...: see :class:`BottleneckDataModule`.
+    """
+
+    def __init__(
+        self,
+        n_train: int = 10000,
+        n_val: int = 2000,
+        n_test: int = 2000,
+        data_seed: int = 0,
+        image_size: int = 64,
+        cooccurrence: float = 0.0,
+        label_noise: float = 0.0,
+        confounded: bool = False,
+        spurious_strength: float = 0.9,
+        encoder: str | dict[str, Any] = "lite0",
+        cache_dir: str = ".cache/features",
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        encode_batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self.dataset_args = dict(
+            seed=data_seed,
+            image_size=image_size,
+            cooccurrence=cooccurrence,
+            label_noise=label_noise,
+            confounded=confounded,
+            spurious_strength=spurious_strength,
+        )
+        super().__init__(
+            encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            encode_batch_size=encode_batch_size, num_workers=num_workers, seed=seed,
+        )
+
+    def make_dataset(self, split: str) -> ConceptDataset:
+        from bottlenecks.data.shapes import ShapesDataset
+
+        return ShapesDataset(split=split, n=self.sizes[split], return_masks=False, **self.dataset_args)  # type: ignore[arg-type]
+
+
+class DigitsDataModule(BottleneckDataModule):
+    """sklearn's bundled 8×8 digits (64 pixel features, 10 classes, no concepts)."""
+
+    def __init__(
+        self,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        data_seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        self.split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=data_seed)
+        super().__init__(encoder="identity", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+
+    def make_dataset(self, split: str) -> ConceptDataset:
+        from bottlenecks.data.tables import DigitsDataset
+
+        return DigitsDataset(split=split, **self.split_args)  # type: ignore[arg-type]
+
+
+class DiabetesDataModule(BottleneckDataModule):
+    """sklearn's bundled diabetes regression table (10 standardised features)."""
+
+    def __init__(
+        self,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        data_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        self.split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=data_seed)
+        super().__init__(encoder="identity", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+
+    def make_dataset(self, split: str) -> ConceptDataset:
+        from bottlenecks.data.tables import DiabetesDataset
+
+        return DiabetesDataset(split=split, **self.split_args)  # type: ignore[arg-type]
+
+
+class ImageFolderDataModule(BottleneckDataModule):
+    """Images + a CSV of concept columns and a label column
+    (:class:`~bottlenecks.data.folder.ConceptImageFolder`) through a frozen encoder.
+
+    The CSV's ``split_column`` assigns rows to ``train`` / ``val`` / ``test``; when no
+    row is marked ``val``, ``val_fraction`` of the train rows is held out (by ``data_seed``).
+
+    Args:
+        root: folder holding the CSV and the images.
+        csv, image_column, label_column, concept_columns, split_column, class_names:
+            see :class:`~bottlenecks.data.folder.ConceptImageFolder`.
+        image_size: size images are resized to when loaded (the encoder resizes again
+            to its own resolution).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        csv: str = "concepts.csv",
+        image_column: str = "image",
+        label_column: str = "label",
+        concept_columns: list[str] | None = None,
+        split_column: str = "split",
+        class_names: list[str] | None = None,
+        image_size: int = 224,
+        val_fraction: float = 0.1,
+        data_seed: int = 0,
+        encoder: str | dict[str, Any] = "lite0",
+        cache_dir: str = ".cache/features",
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        encode_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.folder_args = dict(
+            root=root, csv=csv, image_column=image_column, label_column=label_column,
+            concept_columns=concept_columns, split_column=split_column, class_names=class_names,
+            image_size=image_size,
+        )
+        self.val_fraction = val_fraction
+        self.data_seed = data_seed
+        super().__init__(
+            encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            encode_batch_size=encode_batch_size, num_workers=num_workers, seed=seed,
+        )
+
+    def make_dataset(self, split: str) -> ConceptDataset:
+        from bottlenecks.data.base import ConceptSubset, holdout_split
+        from bottlenecks.data.folder import ConceptImageFolder
+
+        if split == "test" or self._has_val_rows():
+            return ConceptImageFolder(split=split, **self.folder_args)  # type: ignore[arg-type]
+        train = ConceptImageFolder(split="train", **self.folder_args)  # type: ignore[arg-type]
+        keep, held = holdout_split(len(train), self.val_fraction, self.data_seed)
+        tag = f"holdout{self.val_fraction}-seed{self.data_seed}"
+        return ConceptSubset(train, keep if split == "train" else held, tag=f"{split}-{tag}")
+
+    def _has_val_rows(self) -> bool:
+        import csv as csv_module
+        from pathlib import Path
+
+        path = Path(self.folder_args["root"]) / self.folder_args["csv"]  # type: ignore[operator]
+        if not path.exists():
+            raise FileNotFoundError(f"ImageFolderDataModule: no CSV at {path}")
+        with path.open(newline="") as f:
+            rows = csv_module.DictReader(f)
+            col = self.folder_args["split_column"]
+            return any((row.get(col) or "").strip() == "val" for row in rows)
+
+
+class CUBDataModule(BottleneckDataModule):
+    """CUB-200-2011 from a local copy of the official archive
+    (:class:`~bottlenecks.data.cub.CUB200`): 312 attributes as concepts, 200 classes.
+
+    Args:
+        root: the ``CUB_200_2011`` folder (or its parent).
+        image_size: size images are resized to when loaded.
+        val_fraction, data_seed: validation rows held out of the official train split.
+        certainty_min, concept_filter, min_class_count, instance_labels: see
+            :class:`~bottlenecks.data.cub.CUB200`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        val_fraction: float = 0.1,
+        data_seed: int = 0,
+        certainty_min: int = 1,
+        concept_filter: str = "majority",
+        min_class_count: int = 10,
+        instance_labels: bool = False,
+        encoder: str | dict[str, Any] = "lite0",
+        cache_dir: str = ".cache/features",
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        encode_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.cub_args = dict(
+            root=root, image_size=image_size, val_fraction=val_fraction, seed=data_seed,
+            certainty_min=certainty_min, concept_filter=concept_filter, min_class_count=min_class_count,
+            instance_labels=instance_labels,
+        )
+        super().__init__(
+            encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            encode_batch_size=encode_batch_size, num_workers=num_workers, seed=seed,
+        )
+
+    def make_dataset(self, split: str) -> ConceptDataset:
+        from bottlenecks.data.cub import CUB200
+
+        return CUB200(split=split, return_parts=False, return_bbox=False, **self.cub_args)  # type: ignore[arg-type]
