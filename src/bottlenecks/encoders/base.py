@@ -1,0 +1,473 @@
+"""The frozen-encoder contract: a pretrained model that never trains, with its preprocessing.
+
+A :class:`FrozenEncoder` maps a batch of images ``(batch, 3, H, W)`` (float in
+``[0, 1]``, as the datasets produce them) to features ``(batch, out_dim)``
+float32. It owns the preprocessing (:attr:`FrozenEncoder.transform`: resize to the
+encoder's resolution, normalise with the model's mean/std) and says, through
+:meth:`FrozenEncoder.cache_identity`, everything that determines its output, so
+the feature cache can key stored features on it.
+
+Frozen means: always in ``eval()`` mode (``train()`` is overridden, so a parent
+``LightningModule.train()`` cannot switch BatchNorm to batch statistics or turn on
+dropout), parameters with ``requires_grad=False`` (they never receive gradients),
+and :meth:`FrozenEncoder.encode` running under ``torch.inference_mode``.
+:meth:`FrozenEncoder.forward` itself keeps autograd so that attribution methods
+can take gradients with respect to the input pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Bump when the meaning of an encoder's output changes for the same identity
+#: (preprocessing semantics, pooling), so old feature-cache entries stop matching.
+ENCODER_FORMAT = "1"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
+
+
+# --------------------------------------------------------------------------- transforms
+class ImageTransform:
+    """Dataset images ``(batch, 3, H, W)`` in ``[0, 1]`` → model input ``(batch, 3, S, S)``.
+
+    Resizes the whole image (no crop, aspect ratio not kept) to ``image_size`` and
+    normalises each channel with ``(x - mean) / std``. Runs on whatever device the
+    images are on.
+
+    Args:
+        image_size: side ``S`` of the square model input.
+        mean: per-channel mean (3 values) of the model's training preprocessing.
+        std: per-channel standard deviation (3 values).
+        interpolation: ``"bilinear"``, ``"bicubic"``, ``"nearest"`` or ``"area"``.
+        antialias: low-pass filter when downsampling (bilinear/bicubic only).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        interpolation: str = "bilinear",
+        antialias: bool = True,
+    ) -> None:
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (R, G, B), got {list(mean)} and {list(std)}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std values must be positive, got {list(std)}")
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.interpolation = interpolation
+        self.antialias = bool(antialias) and interpolation in ("bilinear", "bicubic")
+
+    def describe(self) -> str:
+        """A string that changes whenever the transform's output would."""
+        return (
+            f"resize={self.image_size}x{self.image_size} {self.interpolation}"
+            f"{' antialias' if self.antialias else ''}; "
+            f"mean={list(self.mean)}; std={list(self.std)}; input=(B,3,H,W) float in [0,1]"
+        )
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.describe()})"
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """``(batch, 3, H, W)`` float in ``[0, 1]`` → ``(batch, 3, image_size, image_size)`` float32."""
+        check_images(images)
+        x = images.float()
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            kwargs: dict[str, Any] = {}
+            if self.interpolation in ("bilinear", "bicubic"):
+                kwargs = {"align_corners": False, "antialias": self.antialias}
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.interpolation, **kwargs)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+def check_images(images: Any) -> None:
+    """Raise a ValueError naming the problem unless ``images`` is ``(batch, 3, H, W)`` float in [0, 1]."""
+    if not isinstance(images, Tensor):
+        raise ValueError(
+            f"expected images as a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}"
+        )
+    shape = tuple(images.shape)
+    if images.dim() != 4 or images.shape[1] != 3:
+        hint = ""
+        if images.dim() == 3 and images.shape[0] == 3:
+            hint = "; this looks like a single image: add a batch dimension with images.unsqueeze(0)"
+        elif images.dim() == 4 and images.shape[-1] == 3:
+            hint = "; this looks channels-last (B, H, W, 3): use images.permute(0, 3, 1, 2)"
+        elif images.dim() == 4 and images.shape[1] == 1:
+            hint = "; this is a 1-channel image: repeat it to 3 channels with images.expand(-1, 3, -1, -1)"
+        elif images.dim() == 2:
+            hint = "; this looks like precomputed features: use the 'identity' encoder"
+        raise ValueError(f"expected images of shape (B, 3, H, W), got shape {shape}{hint}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"expected float images in [0, 1] of shape (B, 3, H, W), got dtype {images.dtype}"
+            + ("; divide uint8 images by 255" if images.dtype == torch.uint8 else "")
+        )
+    if images.numel():
+        lo, hi = torch.aminmax(images.detach())
+        if float(lo) < -1e-3 or float(hi) > 1.0 + 1e-3:
+            raise ValueError(
+                f"expected images with values in [0, 1], got values in [{float(lo):.3g}, {float(hi):.3g}]"
+                + ("; divide by 255" if float(hi) > 2.0 else "; pass the raw images, not normalised ones")
+            )
+
+
+class FeatureTransform:
+    """The transform of the identity encoder: checks ``(batch, dim)`` features, casts to float32."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = int(dim)
+
+    def describe(self) -> str:
+        return f"identity; input=(B,{self.dim}) features"
+
+    def __repr__(self) -> str:
+        return f"FeatureTransform(dim={self.dim})"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"the identity encoder expects features of shape (B, {self.dim}), got {got}")
+        return x.float()
+
+
+# --------------------------------------------------------------------------- helpers
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file, memoised per (path, size, mtime) in this process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    memo_key = (str(p), st.st_size, st.st_mtime_ns)
+    if memo_key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _FILE_HASHES[memo_key] = h.hexdigest()
+    return _FILE_HASHES[memo_key]
+
+
+def state_sha256(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_weights_file(path: str | os.PathLike[str], what: str = "weights_path") -> Path:
+    """Return ``path`` as a Path, or raise FileNotFoundError naming it."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: no weights file at {p} (resolved: {p.resolve()})")
+    return p
+
+
+def load_state_dict_file(path: str | os.PathLike[str], what: str = "weights_path") -> dict[str, Tensor]:
+    """Load a state dict from ``.safetensors`` or a torch file (``weights_only=True``).
+
+    A torch file may hold the state dict itself or a dict with a ``"state_dict"`` or
+    ``"model"`` entry (Lightning / training-script checkpoints); a ``"module."``
+    prefix (DataParallel) is removed.
+    """
+    p = check_weights_file(path, what)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: Any = load_file(str(p))
+    else:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(sd, Mapping):
+            for key in ("state_dict", "model"):
+                if key in sd and isinstance(sd[key], Mapping):
+                    sd = sd[key]
+                    break
+    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{what}: {p} does not hold a state dict (a mapping of names to tensors)")
+    out = dict(sd)
+    if out and all(k.startswith("module.") for k in out):
+        out = {k[len("module."):]: v for k, v in out.items()}
+    return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` intra-op threads inside the block and restore the previous number after.
+
+    ``None`` leaves the current setting alone.
+    """
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"num_threads must be a positive integer or None, got {n}")
+    previous = torch.get_num_threads()
+    if previous == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _stack_x(items: list[Any]) -> Tensor:
+    """Collate only the ``"x"`` entries of dataset items (labels, masks are not needed to encode)."""
+    try:
+        return torch.stack([item["x"] for item in items])
+    except (TypeError, KeyError, IndexError) as e:
+        first = items[0]
+        got = sorted(first) if isinstance(first, Mapping) else type(first).__name__
+        raise ValueError(
+            f"encode_dataset expects dataset items to be dicts with an 'x' tensor; got {got}"
+        ) from e
+
+
+# --------------------------------------------------------------------------- encoder
+class FrozenEncoder(nn.Module):
+    """A pretrained model that is never trained, plus the preprocessing it expects.
+
+    Subclasses build the wrapped model and call this constructor; users normally get
+    one from :func:`bottlenecks.encoders.build_encoder`.
+
+    Args:
+        model: the network; ``model(transform(images))`` must return ``(batch, out_dim)``.
+        name: registry name (``"lite0"``, ``"timm:resnet18"``...), used in progress bars.
+        out_dim: width of the features.
+        transform: callable ``(batch, 3, H, W)`` in ``[0, 1]`` → model input; it must
+            have a ``describe()`` method returning a string that identifies it.
+        architecture: what was built (e.g. ``"timm/tf_efficientnet_lite0, num_classes=0"``).
+        weights: identity of the weights (``"sha256:<hex>"`` of a file, or a pretrained tag).
+        num_threads: intra-op CPU threads while encoding (``None``: leave torch's setting).
+        extra_identity: further strings that change the output (e.g. normalisation).
+        channels_last: keep 4-d weights and inputs in channels-last memory format
+            (1.4-2.5x faster convolutions on CPU, see ``benchmarks/bench_encoders.py``).
+        cpu_chunk_pixels: on CPU, :meth:`encode` runs a batch in chunks of at most this
+            many input pixels (default 16 images of 224x224, 200 of 64x64): large
+            batches of large images overflow the CPU caches and run slower per image.
+            ``None`` runs every batch whole.
+
+    Attributes:
+        name, out_dim, transform, architecture, weights_id, num_threads, channels_last,
+        cpu_chunk_pixels.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str,
+        out_dim: int,
+        transform: Callable[[Tensor], Tensor],
+        architecture: str,
+        weights: str,
+        num_threads: int | None = None,
+        extra_identity: Mapping[str, str] | None = None,
+        channels_last: bool = True,
+        cpu_chunk_pixels: int | None = 16 * 224 * 224,
+    ) -> None:
+        super().__init__()
+        if int(out_dim) < 1:
+            raise ValueError(f"{name}: out_dim must be positive, got {out_dim}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"{name}: num_threads must be a positive integer or None, got {num_threads}")
+        self.model = model
+        self.name = name
+        self.out_dim = int(out_dim)
+        self.transform = transform
+        self.architecture = architecture
+        self.weights_id = weights
+        self.num_threads = num_threads
+        self._extra_identity = {str(k): str(v) for k, v in (extra_identity or {}).items()}
+        self.channels_last = bool(channels_last)
+        self.cpu_chunk_pixels = cpu_chunk_pixels
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.requires_grad_(False)
+        self.eval()
+
+    # ----------------------------------------------------------------- frozen
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        """Always stays in eval mode: ``train(True)`` is ignored (no BatchNorm drift, no dropout)."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device | None:
+        """Device of the weights; None for a weightless encoder (inputs then stay where they are)."""
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return None
+
+    # ---------------------------------------------------------------- compute
+    def forward(self, x: Tensor) -> Tensor:
+        """Model input ``(batch, 3, S, S)`` (already transformed) → features ``(batch, out_dim)``.
+
+        Autograd stays on (gradients can reach the input for attribution); the
+        parameters never require gradients.
+        """
+        return self.model(x)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images ``(batch, 3, H, W)`` float in ``[0, 1]`` → features ``(batch, out_dim)`` float32.
+
+        Moves the images to the encoder's device, applies :attr:`transform` and the
+        model under ``torch.inference_mode``. The result is an ordinary tensor (usable
+        as input to a trainable layer), on the encoder's device (for a weightless
+        encoder such as identity, on the input's device).
+        """
+        device = self.device
+        if device is not None and isinstance(images, Tensor):
+            images = images.to(device)
+        with torch_threads(self.num_threads):
+            x = self.transform(images)
+            if x.dim() == 4 and self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                per = len(x)
+                if x.device.type == "cpu" and self.cpu_chunk_pixels and x.dim() == 4:
+                    per = max(1, self.cpu_chunk_pixels // (x.shape[-2] * x.shape[-1]))
+                h = self(x) if per >= len(x) else torch.cat([self(c) for c in x.split(per)])
+        if h.dim() != 2 or h.shape[1] != self.out_dim or h.shape[0] != x.shape[0]:
+            raise RuntimeError(
+                f"{self.name}: the model returned shape {tuple(h.shape)} but ({x.shape[0]}, {self.out_dim}) "
+                "was expected; the architecture's feature width differs from out_dim"
+            )
+        # Outside inference mode, clone() turns the inference tensor into a normal one.
+        return h.float().clone() if torch.is_inference(h) and not torch.is_inference_mode_enabled() else h.float()
+
+    def encode_dataset(
+        self,
+        dataset: Any,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+        desc: str | None = None,
+    ) -> Tensor:
+        """Encode every item of a dataset, in index order.
+
+        Args:
+            dataset: a map-style dataset (e.g. a ``ConceptDataset``) whose items are
+                dicts with ``"x"``: an image ``(3, H, W)`` in ``[0, 1]`` (or a feature
+                vector for the identity encoder).
+            batch_size: images per forward pass.
+            num_workers: DataLoader worker processes that produce the items.
+            progress: show a tqdm bar (``"encoding train with lite0"``).
+            desc: what is being encoded, e.g. ``"encoding train"``; the bar adds
+                ``" with <encoder name>"``.
+
+        Returns:
+            ``(len(dataset), out_dim)`` float32 CPU tensor; row ``i`` is item ``i``.
+        """
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        kind = getattr(dataset, "kind", None)
+        if kind == "features" and not isinstance(self.transform, FeatureTransform):
+            raise ValueError(
+                f"{type(dataset).__name__} holds precomputed feature vectors (kind='features'); "
+                f"encode it with the 'identity' encoder, not {self.name!r}"
+            )
+        n = len(dataset)
+        out = torch.empty(n, self.out_dim, dtype=torch.float32)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_stack_x
+        )
+        label = f"{desc or 'encoding'} with {self.name}"
+        done = 0
+        with tqdm(total=n, desc=label, unit="img", disable=not progress, leave=False) as bar:
+            for x in loader:
+                h = self.encode(x)
+                if done + len(h) > n:
+                    raise RuntimeError(f"{type(dataset).__name__} yielded more than its length {n} items")
+                out[done : done + len(h)] = h.cpu()
+                done += len(h)
+                bar.update(len(h))
+        if done != n:
+            raise RuntimeError(f"{type(dataset).__name__} has length {n} but yielded {done} items")
+        return out
+
+    # --------------------------------------------------------------- identity
+    def cache_identity(self) -> dict[str, str]:
+        """Strings that together determine the encoder's output (feature-cache key material).
+
+        Keys: ``encoder``, ``architecture``, ``weights``, ``transform``, ``out_dim``,
+        ``format``, plus encoder-specific entries.
+        """
+        ident = {
+            "encoder": self.name,
+            "architecture": self.architecture,
+            "weights": self.weights_id,
+            "transform": self.transform.describe() if hasattr(self.transform, "describe") else repr(self.transform),
+            "out_dim": str(self.out_dim),
+            "format": ENCODER_FORMAT,
+        }
+        ident.update(self._extra_identity)
+        return ident
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, out_dim={self.out_dim}, weights={self.weights_id[:24]!r}"
+
+
+class FrozenTextEncoder(nn.Module):
+    """Base of text encoders: ``encode_text(list of n strings)`` → ``(n, out_dim)`` unit-norm float32.
+
+    Frozen the same way as :class:`FrozenEncoder` (eval forever, no gradients).
+    """
+
+    name: str
+    out_dim: int
+
+    def train(self, mode: bool = True) -> FrozenTextEncoder:
+        """Always stays in eval mode."""
+        return super().train(False)
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def cache_identity(self) -> dict[str, str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def check_texts(texts: Any, who: str) -> list[str]:
+    """Return ``texts`` as a list of strings or raise a ValueError naming the problem."""
+    if isinstance(texts, str):
+        raise ValueError(f"{who}.encode_text expects a list of strings, got a single string; wrap it: [text]")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise ValueError(
+            f"{who}.encode_text expects strings; items {bad[:5]} are "
+            f"{sorted({type(texts[i]).__name__ for i in bad})}"
+        )
+    return texts
