@@ -32,6 +32,7 @@ class BottlenecksCLI(LightningCLI):
             "data.concept_names": "model.init_args.bottleneck.init_args.concept_names",
             "data.num_classes": "model.init_args.num_classes",
             "data.task": "model.init_args.task",
+            "data.encoder_spec": "model.init_args.encoder",
         }
         for source, target in links.items():
             parser.link_arguments(source, target, apply_on="instantiate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -56,15 +57,48 @@ class RunReport(Callback):
             idx = torch.arange(len(tr))
             if len(idx) > self.probe_max_train:
                 idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[: self.probe_max_train]
-            probe = linear_probe(
-                tr.x[idx], tr.y[idx], va.x, va.y, te.x, te.y, task=getattr(pl_module, "task", "classification")
-            )
-            m["linear_probe"] = {"metric": probe.metric, "train": probe.train, "val": probe.val, "test": probe.test, "C": probe.C}
+            task = getattr(pl_module, "task", "classification")
+            args = (tr.x[idx], tr.y[idx], va.x, va.y, te.x, te.y)
+            m["linear_probe"] = cached_probe(getattr(dm, "cache_dir", None), args, task)
         self.metrics = m
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "metrics.json", m)
         print_report(m, run_dir)
+
+
+#: bump when the probe's definition changes, so cached results are not reused
+PROBE_VERSION = "lbfgs-logistic/ridge-v1"
+
+
+def _digest(tensors: tuple[torch.Tensor, ...], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for t in tensors:
+        t = t.contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_probe(cache_dir: str | os.PathLike[str] | None, args: tuple[torch.Tensor, ...], task: str) -> dict[str, Any]:
+    """The linear probe's scores on these exact tensors, read from ``<cache_dir>/probes/``
+    when an earlier run already fitted it (the probe is a deterministic function of them)."""
+    from bottlenecks.analysis import probes
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "probes" / f"{_digest(args, task + PROBE_VERSION)}.json"  # type: ignore[operator]
+        if path.exists():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                pass  # unreadable: fit again and overwrite it
+    probe = probes.linear_probe(*args, task=task)
+    result = {"metric": probe.metric, "train": probe.train, "val": probe.val, "test": probe.test, "C": probe.C}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, result)
+    return result
 
 
 def print_report(m: dict[str, Any], run_dir: Path | None = None) -> None:

@@ -71,6 +71,8 @@ class FeatureDataModule(L.LightningDataModule):
     num_classes: int | None
     task: Task
     class_names: list[str] | None = None
+    #: the frozen encoder that produced the features (None: the user's own features)
+    encoder_spec: str | dict[str, Any] | None = None
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0) -> None:
         super().__init__()
@@ -150,7 +152,7 @@ class BottleneckDataModule(FeatureDataModule):
         self.kind = probe.kind
         if probe.kind == "features":
             self.feature_dim = int(probe[0]["x"].numel())
-            self.encoder_spec = "identity"
+            self.encoder_spec = f"identity:{self.feature_dim}"
         else:
             self.feature_dim = self.encoder.out_dim
 
