@@ -48,8 +48,11 @@ class FeatureNorm(nn.Module):
 
     @torch.no_grad()
     def fit(self, h: Tensor) -> None:
+        var = h.var(0)
         self.mean.copy_(h.mean(0))
-        self.std.copy_(h.std(0).clamp_min(1e-6))
+        # Dimensions that (nearly) never vary in the training sample must not turn tiny
+        # differences at test time into huge values: floor the variance relative to the mean.
+        self.std.copy_((var + 1e-2 * var.mean() + 1e-12).sqrt())
         self.fitted.fill_(True)
 
     def forward(self, h: Tensor) -> Tensor:
@@ -116,13 +119,21 @@ class BottleneckModel(L.LightningModule):
         self.task = task
         self.num_classes = num_classes
         n_out = num_classes if task == "classification" else 1
+        if head is None and getattr(bottleneck, "predicts_task", False):
+            # The bottleneck's z already is the task output (e.g. ECBM's log p(y | x)).
+            if bottleneck.out_features != n_out:
+                raise ValueError(
+                    f"{type(bottleneck).__name__} predicts {bottleneck.out_features} outputs but the "
+                    f"task has {n_out}"
+                )
+            head = nn.Identity()
         self.head = head if head is not None else mlp(bottleneck.out_features, head_hidden or [], n_out)
         self.norm = FeatureNorm(bottleneck.in_features) if standardize_features else nn.Identity()
         self.concept_loss_weight = concept_loss_weight
         self.task_loss_weight = task_loss_weight
         self.loss_weights = dict(loss_weights or {})
         self._encoder_spec = encoder
-        self._encoder: nn.Module | None = None
+        self.__dict__["_encoder"] = None  # built on first use, never a submodule
         self._build_metrics()
 
     # ------------------------------------------------------------------ metrics
@@ -171,7 +182,8 @@ class BottleneckModel(L.LightningModule):
                 raise ValueError("this model was given images but has no encoder; pass features instead")
             from bottlenecks.encoders import build_encoder
 
-            self._encoder = build_encoder(self._encoder_spec).to(x.device)
+            # kept out of the module tree: frozen weights are not part of the checkpoint
+            self.__dict__["_encoder"] = build_encoder(self._encoder_spec).to(x.device)
         return self._encoder.encode(x)
 
     def forward(
@@ -214,6 +226,12 @@ class BottleneckModel(L.LightningModule):
         for name, value in out.losses.items():
             terms[name] = value
             total = total + self.loss_weights.get(name, 1.0) * value
+        # Auxiliary terms that need the batch's targets (e.g. ECBM's energy likelihoods).
+        supervised = getattr(self.bottleneck, "supervised_losses", None)
+        if supervised is not None:
+            for name, value in supervised(out, batch).items():
+                terms[name] = value
+                total = total + self.loss_weights.get(name, 1.0) * value
         terms["loss"] = total
         return terms
 
@@ -263,7 +281,9 @@ class BottleneckModel(L.LightningModule):
         for name, value in self.task_metrics[key].compute().items():
             self.log(f"{stage}/{name}", value)
         self.task_metrics[key].reset()
-        if key in self.concept_metrics:
+        concept_metrics = self.concept_metrics[key] if key in self.concept_metrics else None
+        # (no update: the data of this stage has no concept labels)
+        if concept_metrics is not None and any(m.update_count for m in concept_metrics.values()):
             per_concept = self.concept_metrics[key].compute()
             for name, value in per_concept.items():
                 self.log(f"{stage}/{name}", value.mean())
