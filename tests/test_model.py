@@ -102,6 +102,7 @@ trainer:
         mode: max
         save_last: true
     - class_path: bottlenecks.analysis.report.RunReport
+    - class_path: bottlenecks.analysis.report.PredictionWriter
 model:
   class_path: bottlenecks.models.module.BottleneckModel
   init_args:
@@ -138,9 +139,18 @@ def test_cli_fit_test_writes_run_dir_and_checkpoint_reloads(tmp_path, concept_ar
     with torch.no_grad():
         acc = (model(x[1500:])[0].argmax(-1) == y[1500:]).float().mean()
     assert acc > 0.9
+    # predict from the checkpoint: predictions written next to the run's files
+    main(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt)])
+    from safetensors.torch import load_file
+
+    pred_files = list((tmp_path / "runs" / "arrays").glob("version_*/predictions.safetensors"))
+    assert len(pred_files) == 1
+    pred = load_file(str(pred_files[0]))
+    assert pred["concept_probs"].shape == (500, 5)
+    assert (pred["y_pred"] == y[1500:][pred["index"]]).float().mean() > 0.9
     # a second run never overwrites the first
     main(["fit", "--config", str(cfg), "--trainer.max_epochs", "1"])
-    assert (tmp_path / "runs" / "arrays" / "version_1" / "metrics.json").exists()
+    assert (tmp_path / "runs" / "arrays" / "version_2" / "metrics.json").exists()
     assert json.loads((run / "metrics.json").read_text()) == metrics
 
 

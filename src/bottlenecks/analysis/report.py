@@ -133,3 +133,36 @@ def print_report(m: dict[str, Any], run_dir: Path | None = None) -> None:
     console.print(t)
     if run_dir is not None:
         console.print(f"run directory: {run_dir}")
+
+
+class PredictionWriter(Callback):
+    """Writes what ``bottlenecks predict`` returns to ``<run dir>/predictions.safetensors``:
+    ``y_hat`` (logits or regression outputs), ``y_pred``, ``concept_probs`` and ``codes`` when
+    the bottleneck has them, and ``index`` (row of the predicted split). An existing file is
+    never overwritten: a numbered name is used instead.
+    """
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._batches: list[dict[str, torch.Tensor]] = []
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                             batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if isinstance(outputs, dict) and dataloader_idx == 0:
+            self._batches.append({k: v.detach().cpu() for k, v in outputs.items() if torch.is_tensor(v)})
+
+    @rank_zero_only
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from safetensors.torch import save_file
+
+        if not self._batches:
+            return
+        out = {k: torch.cat([b[k] for b in self._batches]).contiguous() for k in self._batches[0]}
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "predictions.safetensors"
+        k = 1
+        while path.exists():
+            path = run_dir / f"predictions-{k}.safetensors"
+            k += 1
+        save_file(out, str(path))
+        print(f"predictions ({len(next(iter(out.values())))} rows): {path}")
