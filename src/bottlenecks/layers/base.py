@@ -97,7 +97,8 @@ class Bottleneck(nn.Module):
                 f"{h.shape[1]}; check that the encoder's output width matches the bottleneck's "
                 "in_features"
             )
-        if not torch.isfinite(h).all():
+        # one reduction first: a non-finite sum is rare, the full check only runs then
+        if not torch.isfinite(h.sum()) and not torch.isfinite(h).all():
             raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
 
 

@@ -338,7 +338,14 @@ class BottleneckModel(L.LightningModule):
     # -------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
+        params: list = [p for p in self.parameters() if p.requires_grad]
+        # A bottleneck may ask for its own optimiser settings on some parameters (DKVB's
+        # values: no momentum, no weight decay, so values that were not fetched stay put).
+        groups_of = getattr(self.bottleneck, "optimizer_param_groups", None)
+        if groups_of is not None:
+            special = [g for g in groups_of() if any(p.requires_grad for p in g["params"])]
+            taken = {id(p) for g in special for p in g["params"]}
+            params = [{"params": [p for p in params if id(p) not in taken]}, *special]
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adam":

@@ -1,0 +1,632 @@
+"""Vector quantisers: features snapped to the nearest entry of a learned codebook.
+
+* :class:`VectorQuantizer` — VQ-VAE (van den Oord et al., 2017): nearest code,
+  straight-through gradients, codebook + commitment losses *or* EMA codebook
+  updates; k-means initialisation from data; dead-code replacement; Euclidean or
+  cosine codes; several heads with separate codebooks (product quantisation) or one
+  shared codebook.
+* :class:`ResidualVectorQuantizer` — residual VQ (SoundStream, Zeghidour et al.,
+  2021): each stage quantises what the previous stages left over.
+* :class:`FiniteScalarQuantizer` — FSQ (Mentzer et al., 2023): project to a few
+  bounded scalars and round each to one of ``L_i`` levels; no codebook to learn,
+  no auxiliary loss.
+
+The shared primitives below (:func:`nearest_codes`, :func:`kmeans`) are used by the
+codebook-features and key-value bottlenecks too. Distances are computed as
+``||x||² - 2 x·c + ||c||²`` — one ``addmm``/``baddbmm`` per cache-sized block of rows,
+the ``||x||²`` term dropped (it does not change which code is nearest) — so no
+``(n, K, d)`` tensor is ever built; EMA statistics use ``index_add_``/``bincount``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput
+
+Distance = Literal["euclidean", "cosine"]
+_DISTANCES = ("euclidean", "cosine")
+
+
+# --------------------------------------------------------------------------- primitives
+def code_similarity(x: Tensor, codebook: Tensor, distance: Distance = "euclidean") -> Tensor:
+    """Scores that are larger for nearer codes, in one batched matmul.
+
+    Args:
+        x: ``(groups, n, d)`` vectors (already L2-normalised for ``"cosine"``).
+        codebook: ``(groups, K, d)`` codes (already L2-normalised for ``"cosine"``).
+        distance: ``"euclidean"`` gives ``2 x·c - ||c||²`` (= ``||x||² - ||x - c||²``);
+            ``"cosine"`` gives ``x·c``.
+
+    Returns:
+        ``(groups, n, K)`` scores.
+    """
+    ct = codebook.transpose(1, 2)
+    if distance == "cosine":
+        return torch.bmm(x, ct) if x.shape[0] > 1 else torch.mm(x[0], ct[0]).unsqueeze(0)
+    neg_sq = codebook.pow(2).sum(-1).neg_()  # (G, K)
+    if x.shape[0] == 1:
+        return torch.addmm(neg_sq[0], x[0], ct[0], alpha=2.0).unsqueeze(0)
+    return torch.baddbmm(neg_sq.unsqueeze(1), x, ct, alpha=2.0)
+
+
+def nearest_codes(
+    x: Tensor,
+    codebook: Tensor,
+    k: int = 1,
+    distance: Distance = "euclidean",
+    blocked: Tensor | None = None,
+    max_scores: int = 2**20,
+) -> Tensor:
+    """Indices of the ``k`` nearest codes of every vector.
+
+    Args:
+        x: ``(groups, n, d)`` vectors (L2-normalised for ``"cosine"``).
+        codebook: ``(groups, K, d)`` codes (L2-normalised for ``"cosine"``).
+        k: how many codes per vector (``k <= K``).
+        distance: ``"euclidean"`` or ``"cosine"``.
+        blocked: optional ``(groups, K)`` bool; True codes are never chosen.
+        max_scores: largest ``(groups, n, K)`` score block held at once (default 4 MB of
+            float32); bigger problems are scored block by block — same result, bounded
+            memory, and each block's argmax reads scores that are still in cache.
+
+    Returns:
+        ``(groups, n)`` int64 when ``k == 1``, else ``(groups, n, k)`` ordered nearest first.
+    """
+    G, n, _ = x.shape
+    K = codebook.shape[1]
+    if k > K:
+        raise ValueError(f"top-k with k={k} needs at least k codes, but the codebook has {K}")
+    with torch.no_grad():
+        if G * n * K <= max_scores or n == 0:
+            return _nearest(x, codebook, k, distance, blocked)
+        # bounded memory: score a block of groups × rows at a time
+        rows = max(1, max_scores // K)
+        out = torch.empty((G, n) if k == 1 else (G, n, k), dtype=torch.long, device=x.device)
+        g_step = max(1, rows // n)
+        for g in range(0, G, g_step):
+            gs = slice(g, g + g_step)
+            b = blocked[gs] if blocked is not None else None
+            r_step = max(1, rows // min(g_step, G - g))
+            for r in range(0, n, r_step):
+                out[gs, r : r + r_step] = _nearest(x[gs, r : r + r_step], codebook[gs], k, distance, b)
+        return out
+
+
+def _nearest(x: Tensor, codebook: Tensor, k: int, distance: Distance, blocked: Tensor | None) -> Tensor:
+    scores = code_similarity(x, codebook, distance)
+    if blocked is not None:
+        scores.masked_fill_(blocked.unsqueeze(1), float("-inf"))
+    if k == 1:
+        return scores.argmax(-1)
+    return scores.topk(k, dim=-1).indices
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    iters: int = 10,
+    distance: Distance = "euclidean",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Lloyd's k-means run independently in every group, batched over groups.
+
+    Centroids start at ``k`` distinct random samples; a centroid that loses all its
+    points keeps its previous position.
+
+    Args:
+        x: ``(groups, n, d)`` finite samples, ``n >= k``.
+        k: number of centroids.
+        iters: Lloyd iterations.
+        distance: ``"cosine"`` runs spherical k-means (unit-norm centroids).
+        generator: random source for the initial choice (default: torch's global RNG).
+
+    Returns:
+        ``(groups, k, d)`` centroids.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"kmeans expects samples of shape (groups, n, d), got {tuple(x.shape)}")
+    G, n, d = x.shape
+    if n < k:
+        raise ValueError(f"k-means with {k} centroids needs at least {k} samples, got {n}")
+    if not torch.isfinite(x).all():
+        raise ValueError("k-means samples contain NaN or inf; refusing to write them into a codebook")
+    x = x.detach().float()
+    if distance == "cosine":
+        x = F.normalize(x, dim=-1)
+    start = torch.rand(G, n, generator=generator, device=x.device).topk(k, dim=1).indices  # distinct
+    centroids = x.gather(1, start.unsqueeze(-1).expand(G, k, d)).clone()
+    offsets = (torch.arange(G, device=x.device) * k).unsqueeze(1)
+    flat_x = x.reshape(G * n, d)
+    for _ in range(iters):
+        assign = nearest_codes(x, centroids, 1, distance)  # (G, n)
+        flat = (assign + offsets).reshape(-1)
+        sums = torch.zeros(G * k, d, device=x.device).index_add_(0, flat, flat_x)
+        counts = torch.bincount(flat, minlength=G * k).to(x.dtype).unsqueeze(-1)
+        means = (sums / counts.clamp_min(1.0)).view(G, k, d)
+        if distance == "cosine":
+            means = F.normalize(means, dim=-1)
+        centroids = torch.where(counts.view(G, k, 1) > 0, means, centroids)
+    return centroids
+
+
+@torch.no_grad()
+def reseed_codes(codebook: Tensor, dead: Tensor, x: Tensor) -> Tensor:
+    """Overwrite dead codes in place with random input vectors (dead-code replacement).
+
+    Args:
+        codebook: ``(groups, K, d)`` codes, modified in place where ``dead``.
+        dead: ``(groups, K)`` bool.
+        x: ``(groups, m, d)`` finite inputs of the current batch.
+
+    Returns:
+        the ``(groups, K, d)`` random inputs drawn (only rows where ``dead`` were used).
+    """
+    G, K, d = codebook.shape
+    pick = torch.randint(x.shape[1], (G, K), device=x.device)
+    fresh = x.gather(1, pick.unsqueeze(-1).expand(G, K, d)).to(codebook.dtype)
+    codebook.copy_(torch.where(dead.unsqueeze(-1), fresh, codebook))
+    return fresh
+
+
+def perplexity(counts: Tensor) -> Tensor:
+    """``exp(entropy)`` of each row of code counts ``(groups, K)``, averaged over groups (scalar)."""
+    p = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
+    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+    return ent.exp().mean()
+
+
+# --------------------------------------------------------------------------- VQ
+class VectorQuantizer(Bottleneck):
+    """Nearest-code vector quantiser with straight-through gradients.
+
+    The input ``(batch, in_features)`` is split into ``heads`` chunks of
+    ``in_features // heads`` dims; each chunk is replaced by its nearest code. With
+    ``shared_codebook=False`` (default) every head has its own codebook of
+    ``codebook_size`` codes — product quantisation, ``codebook_size ** heads``
+    distinct outputs; with ``shared_codebook=True`` all heads read one codebook.
+
+    Training signal (VQ-VAE): the forward value is the code, the backward pass copies
+    the gradient to the input (straight-through). Two unweighted losses are returned:
+
+    * ``"codebook"`` = ``mean ||sg[x] - c||²`` moves the chosen codes to their inputs
+      (absent with ``ema=True``: codes are then exponential moving averages of their
+      assigned inputs, VQ-VAE appendix A.1, with Laplace-smoothed counts);
+    * ``"commitment"`` = ``mean ||x - sg[c]||²`` keeps the encoder near its codes
+      (weight it with ``loss_weights: {commitment: 0.25}`` on the model).
+
+    Dead codes: every training step updates a running usage (EMA of hits per batch,
+    decay ``usage_decay``); codes whose usage falls below ``dead_code_threshold`` are
+    re-seeded from random inputs of the current batch (0 turns this off).
+
+    Usage statistics go to ``extras`` (the model logs ``log_*`` scalars):
+    ``log_perplexity`` (of this batch's code histogram), ``log_dead_fraction``
+    (fraction of codes chosen in none of the last ``dead_window`` training batches)
+    and ``counts`` ``(groups, codebook_size)``.
+
+    Args:
+        in_features: width of the input features.
+        codebook_size: codes per codebook ``K``.
+        heads: number of chunks the input is split into (must divide ``in_features``).
+        shared_codebook: one codebook for all heads instead of one per head.
+        distance: ``"euclidean"`` or ``"cosine"`` (inputs and codes L2-normalised; the
+            output is the normalised code).
+        ema: update codes by EMA instead of the ``"codebook"`` loss.
+        decay: EMA decay of the codebook statistics.
+        eps: Laplace smoothing of the EMA counts.
+        kmeans_init: initialise codes by k-means on training features
+            (:meth:`init_from_data`, called by the model at fit start; the first
+            training batch otherwise).
+        kmeans_iters: Lloyd iterations of that initialisation.
+        dead_code_threshold: running usage (expected hits per batch) below which a code
+            is re-seeded; 0 disables replacement.
+        usage_decay: decay of the running usage.
+        dead_window: training batches without a hit after which a code counts as dead
+            in ``log_dead_fraction``.
+        code_dim: when given, a learned ``Linear(in_features, heads * code_dim)`` maps the
+            (frozen) features into the space that is quantised, so the representation can
+            adapt to the task (the commitment loss then trains it); ``z`` is then
+            ``(batch, heads * code_dim)``. Default: quantise the features themselves.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        codebook_size: int = 512,
+        heads: int = 1,
+        shared_codebook: bool = False,
+        distance: Distance = "euclidean",
+        ema: bool = False,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0,
+        usage_decay: float = 0.99,
+        dead_window: int = 100,
+        code_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        if codebook_size < 1:
+            raise ValueError(f"codebook_size must be positive, got {codebook_size}")
+        if code_dim is not None and code_dim < 1:
+            raise ValueError(f"code_dim must be positive, got {code_dim}")
+        if code_dim is None and (heads < 1 or in_features % heads != 0):
+            raise ValueError(
+                f"heads={heads} does not divide in_features={in_features}; each head quantises "
+                "an equal chunk of the features, so choose a divisor (or set code_dim)"
+            )
+        if heads < 1:
+            raise ValueError(f"heads must be positive, got {heads}")
+        if distance not in _DISTANCES:
+            raise ValueError(f"distance must be one of {_DISTANCES}, got {distance!r}")
+        for name, value in (("decay", decay), ("usage_decay", usage_decay)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {value}")
+        if dead_code_threshold < 0:
+            raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold}")
+        self.in_features = in_features
+        self.codebook_size = codebook_size
+        self.heads = heads
+        self.code_dim = code_dim if code_dim is not None else in_features // heads
+        self.out_features = self.heads * self.code_dim
+        self.project_in = nn.Linear(in_features, self.out_features) if code_dim is not None else None
+        self.shared_codebook = shared_codebook or heads == 1
+        self.groups = 1 if self.shared_codebook else heads
+        self.distance = distance
+        self.ema = ema
+        self.decay = decay
+        self.eps = eps
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
+        self.usage_decay = usage_decay
+        self.dead_window = dead_window
+
+        G, K, d = self.groups, codebook_size, self.code_dim
+        init = torch.randn(G, K, d)
+        if distance == "cosine":
+            init = F.normalize(init, dim=-1)
+        if ema:
+            self.register_buffer("codebook", init)
+            self.register_buffer("ema_count", torch.ones(G, K))
+            self.register_buffer("ema_sum", init.clone())
+        else:
+            self.codebook = nn.Parameter(init)
+        self.register_buffer("usage", torch.zeros(G, K))
+        self.register_buffer("last_used", torch.zeros(G, K, dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        self.register_buffer("blocked", torch.zeros(G, K, dtype=torch.bool))
+
+    # ------------------------------------------------------------------ helpers
+    def codes_tensor(self) -> Tensor:
+        """The effective codebook ``(groups, codebook_size, code_dim)`` (unit norm for cosine)."""
+        c = self.codebook
+        return F.normalize(c, dim=-1) if self.distance == "cosine" else c
+
+    def _group(self, h: Tensor) -> Tensor:
+        """``(n, in_features)`` → ``(groups, m, code_dim)`` (after ``project_in`` when present)."""
+        if self.project_in is not None:
+            h = self.project_in(h)
+        n = h.shape[0]
+        x = h.reshape(n, self.heads, self.code_dim)
+        if self.groups == 1:
+            x = x.reshape(1, n * self.heads, self.code_dim)
+        else:
+            x = x.transpose(0, 1)
+        if self.distance == "cosine":
+            x = F.normalize(x, dim=-1)
+        return x
+
+    def _ungroup(self, x: Tensor, n: int) -> Tensor:
+        """``(groups, m, code_dim)`` → ``(n, out_features)``."""
+        if self.groups == 1:
+            return x.reshape(n, self.out_features)
+        return x.transpose(0, 1).reshape(n, self.out_features)
+
+    def _ungroup_codes(self, idx: Tensor, n: int) -> Tensor:
+        return idx.reshape(n, self.heads) if self.groups == 1 else idx.t()
+
+    # ------------------------------------------------------------------- stages
+    def needs_data_init(self) -> bool:
+        return self.kmeans_init and not bool(self.initialised)
+
+    @torch.no_grad()
+    def init_from_data(self, h: Tensor) -> None:
+        """k-means codes from a sample of features ``(n, in_features)``; ``n`` must be at least
+        ``codebook_size`` (times ``1 / heads`` with a shared codebook)."""
+        self.check_input(h)
+        x = self._group(h.float())
+        if x.shape[1] < self.codebook_size:
+            raise ValueError(
+                f"k-means initialisation of {self.codebook_size} codes needs at least "
+                f"{self.codebook_size} vectors per codebook, got {x.shape[1]} "
+                f"({h.shape[0]} samples × {self.heads // self.groups} heads); pass more samples "
+                "or a smaller codebook_size"
+            )
+        self._set_codes(kmeans(x, self.codebook_size, self.kmeans_iters, self.distance))
+        self.usage.zero_()
+        self.initialised.fill_(True)
+
+    def _set_codes(self, codes: Tensor) -> None:
+        codes = codes.to(self.codebook.dtype)
+        if not torch.isfinite(codes).all():
+            raise ValueError("refusing to write NaN or inf into the codebook")
+        self.codebook.data.copy_(codes)
+        if self.ema:
+            self.ema_sum.copy_(codes)
+            self.ema_count.fill_(1.0)
+
+    # ---------------------------------------------------------------- quantise
+    def quantize(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Quantise validated features.
+
+        Args:
+            h: ``(batch, in_features)``.
+
+        Returns:
+            ``(z, codes, losses, extras)``: ``z`` ``(batch, out_features)`` with straight-through
+            gradients, ``codes`` ``(batch, heads)`` int64, unweighted losses and usage extras.
+        """
+        n = h.shape[0]
+        if not bool(self.initialised):
+            if self.training:
+                self.init_from_data(h.detach())
+            else:
+                raise RuntimeError(
+                    "VectorQuantizer has kmeans_init=True but was never initialised: call "
+                    "init_from_data(features) or train it first"
+                )
+        x = self._group(h)
+        codebook = self.codes_tensor()
+        blocked = self.blocked if bool(self.blocked.any()) else None
+        idx = nearest_codes(x.detach(), codebook.detach(), 1, self.distance, blocked)  # (G, m)
+        G, K = self.groups, self.codebook_size
+        flat = idx + (torch.arange(G, device=idx.device) * K).unsqueeze(1) if G > 1 else idx
+        q = F.embedding(flat, codebook.reshape(G * K, self.code_dim))  # (G, m, d)
+
+        losses: dict[str, Tensor] = {}
+        if not self.ema:
+            losses["codebook"] = F.mse_loss(q, x.detach())
+        losses["commitment"] = F.mse_loss(x, q.detach())
+        z = x + (q - x).detach()
+
+        counts = torch.bincount(flat.reshape(-1), minlength=G * K).view(G, K).to(h.dtype)
+        if self.training:
+            self._update(x.detach(), flat, counts)
+        extras = {
+            "counts": counts,
+            "log_perplexity": perplexity(counts),
+            "log_dead_fraction": self.dead_fraction(),
+        }
+        return self._ungroup(z, n), self._ungroup_codes(idx, n), losses, extras
+
+    def forward(
+        self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None
+    ) -> BottleneckOutput:
+        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, heads)``."""
+        self.check_input(h)
+        z, codes, losses, extras = self.quantize(h)
+        return BottleneckOutput(z=z, losses=losses, codes=codes, extras=extras)
+
+    # ------------------------------------------------------------------ updates
+    @torch.no_grad()
+    def _update(self, x: Tensor, flat: Tensor, counts: Tensor) -> None:
+        """EMA codebook update, usage bookkeeping and dead-code replacement (training only)."""
+        G, K, d = self.groups, self.codebook_size, self.code_dim
+        m = x.shape[1]
+        self.steps += 1
+        if int(self.steps) == 1 and not bool(self.usage.any()):
+            # k-means codes start at the uniform usage; random codes at what they won in
+            # this first batch, so that those far from the data are re-seeded at once
+            if self.kmeans_init:
+                self.usage.fill_(m / K)
+            else:
+                self.usage.copy_(counts)
+        else:
+            self.usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
+        self.last_used.masked_fill_(counts > 0, int(self.steps))
+
+        if self.ema:
+            sums = torch.zeros(G * K, d, device=x.device, dtype=x.dtype)
+            sums.index_add_(0, flat.reshape(-1), x.reshape(G * m, d))
+            self.ema_count.lerp_(counts, 1.0 - self.decay)
+            self.ema_sum.lerp_(sums.view(G, K, d), 1.0 - self.decay)
+            total = self.ema_count.sum(-1, keepdim=True)
+            smoothed = (self.ema_count + self.eps) / (total + K * self.eps) * total
+            codes = self.ema_sum / smoothed.unsqueeze(-1)
+            if self.distance == "cosine":
+                codes = F.normalize(codes, dim=-1)
+            self.codebook.copy_(codes)
+
+        if self.dead_code_threshold > 0:
+            dead = self.usage < self.dead_code_threshold
+            if bool(dead.any()):
+                fresh = reseed_codes(self.codebook.data, dead, x)
+                if self.ema:
+                    self.ema_sum.copy_(torch.where(dead.unsqueeze(-1), fresh, self.ema_sum))
+                    self.ema_count.masked_fill_(dead, 1.0)
+                self.usage.masked_fill_(dead, m / K)
+                self.last_used.masked_fill_(dead, int(self.steps))
+
+    # --------------------------------------------------------------------- stats
+    def dead_fraction(self) -> Tensor:
+        """Fraction of codes chosen in none of the last ``dead_window`` training batches (scalar)."""
+        if int(self.steps) == 0:
+            return torch.zeros((), device=self.usage.device)
+        stale = (self.steps - self.last_used) >= self.dead_window
+        if int(self.steps) < self.dead_window:
+            stale = self.last_used == 0
+        return stale.float().mean()
+
+    def suppress(self, codes: list[int], head: int = 0, suppressed: bool = True) -> None:
+        """Never choose ``codes`` (of codebook ``head``) again, or allow them again."""
+        g = 0 if self.groups == 1 else head
+        if not 0 <= g < self.groups:
+            raise ValueError(f"head must lie in [0, {self.heads}), got {head}")
+        idx = torch.as_tensor(codes, dtype=torch.long)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got {codes}")
+        self.blocked[g, idx] = suppressed
+        if bool(self.blocked[g].all()):
+            self.blocked[g, idx] = False
+            raise ValueError("cannot suppress every code of a codebook")
+
+
+# --------------------------------------------------------------------------- RVQ
+class ResidualVectorQuantizer(Bottleneck):
+    """Residual vector quantisation: ``num_quantizers`` stages, each quantising the residual.
+
+    Stage ``i`` sees ``r_i = h - (q_1 + ... + q_{i-1})`` and the output is
+    ``h + sg[q_1 + ... + q_S - h]`` (straight-through). Losses are summed over stages
+    under the same names as :class:`VectorQuantizer`. Codes: ``(batch, num_quantizers)``.
+
+    Args:
+        in_features: width of the input features.
+        num_quantizers: number of stages ``S``.
+        codebook_size, distance, ema, decay, eps, kmeans_init, kmeans_iters,
+        dead_code_threshold, usage_decay: as in :class:`VectorQuantizer` (one codebook per stage).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_quantizers: int = 4,
+        codebook_size: int = 256,
+        distance: Distance = "euclidean",
+        ema: bool = True,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0,
+        usage_decay: float = 0.99,
+    ) -> None:
+        super().__init__()
+        if num_quantizers < 1:
+            raise ValueError(f"num_quantizers must be positive, got {num_quantizers}")
+        if distance == "cosine" and num_quantizers > 1:
+            raise ValueError("residual quantisation needs euclidean codes (a cosine code has unit norm)")
+        self.in_features = self.out_features = in_features
+        self.num_quantizers = num_quantizers
+        self.stages = nn.ModuleList(
+            VectorQuantizer(
+                in_features, codebook_size, heads=1, distance=distance, ema=ema, decay=decay, eps=eps,
+                kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
+                dead_code_threshold=dead_code_threshold, usage_decay=usage_decay,
+            )
+            for _ in range(num_quantizers)
+        )
+
+    def needs_data_init(self) -> bool:
+        return any(s.needs_data_init() for s in self.stages)
+
+    @torch.no_grad()
+    def init_from_data(self, h: Tensor) -> None:
+        """k-means each stage in turn on the residual the previous stages leave ``(n, in_features)``."""
+        self.check_input(h)
+        r = h.float()
+        for stage in self.stages:
+            stage.init_from_data(r)
+            idx = nearest_codes(stage._group(r), stage.codes_tensor(), 1, stage.distance)
+            r = r - stage.codes_tensor()[0][idx[0]]
+
+    def forward(
+        self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None
+    ) -> BottleneckOutput:
+        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, in_features)``, ``codes`` ``(batch, S)``."""
+        self.check_input(h)
+        residual = h
+        total = torch.zeros_like(h)
+        codes, losses = [], {}
+        extras: dict[str, Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            zi, ci, li, ei = stage.quantize(residual)
+            q = zi.detach()  # the forward value of the straight-through output is the code
+            total = total + q
+            residual = residual - q
+            codes.append(ci[:, 0])
+            for name, value in li.items():
+                losses[name] = losses[name] + value if name in losses else value
+            extras[f"log_perplexity_{i}"] = ei["log_perplexity"]
+            extras[f"log_dead_fraction_{i}"] = ei["log_dead_fraction"]
+        extras["log_perplexity"] = torch.stack([extras[f"log_perplexity_{i}"] for i in range(len(self.stages))]).mean()
+        extras["log_dead_fraction"] = torch.stack(
+            [extras[f"log_dead_fraction_{i}"] for i in range(len(self.stages))]
+        ).mean()
+        extras["log_residual_mse"] = residual.detach().pow(2).mean()
+        z = h + (total - h).detach()
+        return BottleneckOutput(z=z, losses=losses, codes=torch.stack(codes, 1), extras=extras)
+
+
+# --------------------------------------------------------------------------- FSQ
+class FiniteScalarQuantizer(Bottleneck):
+    """Finite scalar quantisation (Mentzer et al., 2023).
+
+    ``h`` ``(batch, in_features)`` is projected to ``len(levels)`` scalars; scalar ``i`` is
+    squashed into ``L_i`` levels (``tanh`` bound) and rounded with a straight-through
+    gradient; the rounded vector, rescaled to ``[-1, 1]``, is projected back to
+    ``out_features``. The implicit codebook has ``prod(levels)`` codes and the code of
+    a vector is its mixed-radix index ``(batch, 1)``. No auxiliary loss.
+
+    Args:
+        in_features: width of the input features.
+        levels: number of levels per scalar, e.g. ``[8, 5, 5, 5]`` (1000 codes).
+        out_features: width of ``z`` (default ``in_features``).
+    """
+
+    def __init__(self, in_features: int, levels: list[int] | None = None, out_features: int | None = None) -> None:
+        super().__init__()
+        levels = list(levels) if levels is not None else [8, 5, 5, 5]
+        if not levels or any(int(v) < 2 for v in levels):
+            raise ValueError(f"levels must be a non-empty list of integers >= 2, got {levels}")
+        self.in_features = in_features
+        self.out_features = out_features or in_features
+        self.levels = [int(v) for v in levels]
+        self.codebook_size = math.prod(self.levels)
+        lv = torch.tensor(self.levels, dtype=torch.float32)
+        self.register_buffer("_levels", lv, persistent=False)
+        basis = torch.cumprod(torch.tensor([1] + self.levels[:-1]), 0)
+        self.register_buffer("_basis", basis, persistent=False)
+        self.project_in = nn.Linear(in_features, len(self.levels))
+        self.project_out = nn.Linear(len(self.levels), self.out_features)
+
+    def _bound(self, u: Tensor) -> Tensor:
+        """Squash ``(batch, D)`` so that rounding gives ``L_i`` values per scalar."""
+        half = (self._levels - 1) * (1 - 1e-3) / 2
+        offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half)
+        return torch.tanh(u + shift) * half - offset
+
+    def quantize_scalars(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Rounded scalars in ``[-1, 1]`` ``(batch, D)`` (straight-through) and codes ``(batch,)``."""
+        b = self._bound(u)
+        r = b + (torch.round(b) - b).detach()
+        half_width = torch.div(self._levels, 2, rounding_mode="floor")
+        digits = (torch.round(b).detach() + half_width).long()
+        codes = (digits * self._basis).sum(-1)
+        return r / half_width, codes
+
+    def forward(
+        self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None
+    ) -> BottleneckOutput:
+        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, 1)``."""
+        self.check_input(h)
+        q, codes = self.quantize_scalars(self.project_in(h))
+        counts = torch.bincount(codes, minlength=self.codebook_size).unsqueeze(0).to(h.dtype)
+        extras = {"log_perplexity": perplexity(counts), "scalars": q.detach()}
+        return BottleneckOutput(z=self.project_out(q), codes=codes.unsqueeze(1), extras=extras)
+
+    def codes_to_scalars(self, codes: Tensor) -> Tensor:
+        """Code indices ``(n,)`` → their rounded scalars in ``[-1, 1]`` ``(n, D)``."""
+        half_width = torch.div(self._levels, 2, rounding_mode="floor")
+        digits = (codes.unsqueeze(-1) // self._basis) % self._levels.long()
+        return (digits - half_width) / half_width
