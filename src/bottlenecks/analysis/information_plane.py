@@ -17,7 +17,8 @@ submodules (``model.get_submodule(name)``, e.g. ``"bottleneck.encoder.1"``), the
   ``degree="difference"`` reports; ``degree="conditional"`` estimates ``I(X;T|Y)`` directly
   when the estimator supports conditioning.
 
-The history (one record per epoch and layer) is logged to the trainer's logger, kept in the
+Records carry ``epoch=-1`` for the measurement before the first training step. The history
+(one record per epoch and layer) is logged to the trainer's logger, kept in the
 callback's checkpoint state, optionally written to JSON, and drawn by
 :func:`plot_information_plane`.
 """
@@ -212,7 +213,8 @@ class InformationPlane(L.Callback):
         return records
 
     # ----------------------------------------------------------------- hooks
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the module's own fit-start stages (feature standardisation, data init)
         if self._x is None:
             self._draw_subset(trainer)
         if not any(r["epoch"] == -1 for r in self.history):
