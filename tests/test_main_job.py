@@ -42,7 +42,8 @@ def test_main_job_small(tmp_path, capsys):
     assert saved["data"]["init_args"]["n_train"] == 600
     assert (run / "checkpoints" / "last.ckpt").exists()
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(entries) == 3  # train, val, test
+    assert len(entries) == 4  # features of train, val, test + the probe results
+    assert len(list((tmp_path / "cache" / "probes").glob("*.json"))) == 1
 
     # second run: the cache is warm and read back (no new entries, no warnings), new run dir
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
