@@ -51,7 +51,7 @@ class BottlenecksCLI(LightningCLI):
         cb = self.trainer.checkpoint_callback
         if cb is not None:
             ckpt = cb.best_model_path or cb.last_model_path or None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=False)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=False, verbose=False)
 
 
 def _ensure_init_args(node: Any) -> None:
