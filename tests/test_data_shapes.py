@@ -47,7 +47,7 @@ def test_item_contract_and_defaults():
     assert torch.equal(item["concepts"], ds.concept_table()[2])
     assert int(item["y"]) == int(ds.targets()[2])
     assert torch.equal(ds[-1]["x"], ds[4]["x"])
-    with pytest.raises(IndexError, match="has 5 images, index 5"):
+    with pytest.raises(IndexError, match="has 5 items, index 5"):
         ds[5]
     assert "masks" not in ShapesDataset("val", n=2, return_masks=False)[0]
     assert len(ShapesDataset("train")) == 10000 and len(ShapesDataset("test")) == 2000

@@ -65,6 +65,18 @@ class ConceptDataset(Dataset):
         raise NotImplementedError
 
     # -------------------------------------------------------------- helpers
+    def check_index(self, index: int) -> int:
+        """``index`` as a non-negative int (negative counts from the end); IndexError if out of range."""
+        index = int(index)
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            split = getattr(self, "split", None)
+            where = type(self).__name__ + (f"[{split}]" if split else "")
+            raise IndexError(f"{where} has {n} items, index {index} is out of range")
+        return index
+
     @property
     def n_concepts(self) -> int:
         return 0 if self.concept_names is None else len(self.concept_names)

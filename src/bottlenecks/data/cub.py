@@ -407,11 +407,7 @@ class CUB200(ConceptDataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"CUB200[{self.split}] has {len(self)} images, index {index} is out of range")
+        index = self.check_index(index)
         x, (w0, h0) = load_image(
             self.image_paths[index], self.image_size, f"CUB200[{self.split}] image id {self.image_ids[index]}"
         )

@@ -296,11 +296,7 @@ class ConceptImageFolder(ConceptDataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"{type(self).__name__} has {len(self)} images, index {index} is out of range")
+        index = self.check_index(index)
         x, _ = load_image(
             self.image_paths[index],
             self.image_size,

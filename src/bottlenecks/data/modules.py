@@ -64,8 +64,10 @@ class ShapesDataModule(BottleneckDataModule):
         return ShapesDataset(split=split, n=self.sizes[split], return_masks=False, **self.dataset_args)  # type: ignore[arg-type]
 
 
-class DigitsDataModule(BottleneckDataModule):
-    """sklearn's bundled 8×8 digits (64 pixel features, 10 classes, no concepts)."""
+class _TableDataModule(BottleneckDataModule):
+    """One of sklearn's bundled tables (features already, no encoder), split by ``data_seed``."""
+
+    dataset_class: str  # name in bottlenecks.data.tables
 
     def __init__(
         self,
@@ -80,30 +82,21 @@ class DigitsDataModule(BottleneckDataModule):
         super().__init__(encoder="identity", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
 
     def make_dataset(self, split: str) -> ConceptDataset:
-        from bottlenecks.data.tables import DigitsDataset
+        from bottlenecks.data import tables
 
-        return DigitsDataset(split=split, **self.split_args)  # type: ignore[arg-type]
+        return getattr(tables, self.dataset_class)(split=split, **self.split_args)
 
 
-class DiabetesDataModule(BottleneckDataModule):
+class DigitsDataModule(_TableDataModule):
+    """sklearn's bundled 8×8 digits (64 pixel features in [0, 1], 10 classes, no concepts)."""
+
+    dataset_class = "DigitsDataset"
+
+
+class DiabetesDataModule(_TableDataModule):
     """sklearn's bundled diabetes regression table (10 standardised features)."""
 
-    def __init__(
-        self,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        data_seed: int = 0,
-        batch_size: int = 64,
-        eval_batch_size: int = 1024,
-        seed: int = 0,
-    ) -> None:
-        self.split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=data_seed)
-        super().__init__(encoder="identity", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
-
-    def make_dataset(self, split: str) -> ConceptDataset:
-        from bottlenecks.data.tables import DiabetesDataset
-
-        return DiabetesDataset(split=split, **self.split_args)  # type: ignore[arg-type]
+    dataset_class = "DiabetesDataset"
 
 
 class ImageFolderDataModule(BottleneckDataModule):

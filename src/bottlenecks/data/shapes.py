@@ -353,7 +353,7 @@ class ShapesDataset(ConceptDataset):
         )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = self._check_index(index)
+        index = self.check_index(index)
         image, masks = self.render(index)
         item: dict[str, Any] = {
             "x": torch.from_numpy(image),
@@ -365,14 +365,6 @@ class ShapesDataset(ConceptDataset):
             item["masks"] = torch.from_numpy(masks)
         return item
 
-    def _check_index(self, index: int) -> int:
-        index = int(index)
-        if index < 0:
-            index += self.n
-        if not 0 <= index < self.n:
-            raise IndexError(f"ShapesDataset[{self.split}] has {self.n} images, index {index} is out of range")
-        return index
-
     # ------------------------------------------------------------ rendering
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Render one image and its concept masks.
@@ -381,7 +373,7 @@ class ShapesDataset(ConceptDataset):
             image: ``(3, H, W)`` float32 in [0, 1].
             masks: ``(10, H, W)`` bool, see the class docstring.
         """
-        index = self._check_index(index)
+        index = self.check_index(index)
         f = self.factors
         s = self.image_size
         if self._grid is None:

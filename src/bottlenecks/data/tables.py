@@ -76,13 +76,7 @@ class _TableDataset(ConceptDataset):
         return len(self.y)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(
-                f"{type(self).__name__}[{self.split}] has {len(self)} rows, index {index} is out of range"
-            )
+        index = self.check_index(index)
         return {"x": self.x[index], "y": self.y[index], "index": index}
 
     def targets(self) -> Tensor:
