@@ -27,14 +27,17 @@ class BottlenecksCLI(LightningCLI):
             default=False,
             help="after `fit`, test the best (or last) checkpoint and print the run report",
         )
-        links = {
-            "data.feature_dim": "model.init_args.bottleneck.init_args.in_features",
-            "data.concept_names": "model.init_args.bottleneck.init_args.concept_names",
-            "data.num_classes": "model.init_args.num_classes",
-            "data.task": "model.init_args.task",
-            "data.encoder_spec": "model.init_args.encoder",
-        }
-        for source, target in links.items():
+        # (a link to a parameter the chosen class does not have is skipped)
+        links = [
+            ("data.feature_dim", "model.init_args.bottleneck.init_args.in_features"),
+            ("data.concept_names", "model.init_args.bottleneck.init_args.concept_names"),
+            ("data.num_classes", "model.init_args.num_classes"),
+            # bottlenecks that score the classes themselves (ECBM, DKVB's non-parametric decoder)
+            ("data.num_classes", "model.init_args.bottleneck.init_args.num_classes"),
+            ("data.task", "model.init_args.task"),
+            ("data.encoder_spec", "model.init_args.encoder"),
+        ]
+        for source, target in links:
             parser.link_arguments(source, target, apply_on="instantiate")
 
     def _dump_config(self) -> None:

@@ -1,0 +1,35 @@
+"""Bottleneck layers: every class maps features ``(batch, in_features)`` to a
+:class:`BottleneckOutput` (see :mod:`bottlenecks.layers.base`)."""
+
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput
+from bottlenecks.layers.cem import ConceptEmbeddingBottleneck
+from bottlenecks.layers.codebook_features import CodebookFeatures, CodebookModel, insert_codebooks
+from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
+from bottlenecks.layers.ecbm import EnergyConceptBottleneck
+from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
+from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from bottlenecks.layers.stochastic import (
+    ContrastiveVIBBottleneck,
+    CSIBBottleneck,
+    GaussianBottleneck,
+    NoisyBottleneck,
+)
+
+__all__ = [
+    "Bottleneck",
+    "BottleneckOutput",
+    "CSIBBottleneck",
+    "CodebookFeatures",
+    "CodebookModel",
+    "ConceptBottleneck",
+    "ConceptEmbeddingBottleneck",
+    "ContrastiveVIBBottleneck",
+    "DiscreteKeyValueBottleneck",
+    "EnergyConceptBottleneck",
+    "FiniteScalarQuantizer",
+    "GaussianBottleneck",
+    "IdentityBottleneck",
+    "NoisyBottleneck",
+    "ResidualVectorQuantizer",
+    "VectorQuantizer",
+]

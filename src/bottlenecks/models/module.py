@@ -37,6 +37,32 @@ def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits[labelled], target[labelled])
 
 
+def _drop_unaccepted_init_args(config: dict[str, Any]) -> None:
+    """Remove ``init_args`` entries the ``class_path`` class does not accept.
+
+    The CLI links the data's values (e.g. ``num_classes``) into every bottleneck that
+    takes them; for one that does not, the link is skipped when the class is built, but
+    Lightning still records the value in the saved hyperparameters, which would then
+    fail to rebuild the model from its checkpoint.
+    """
+    import importlib
+    import inspect
+
+    path, init_args = config.get("class_path"), config.get("init_args")
+    if not isinstance(path, str) or not isinstance(init_args, dict) or "." not in path:
+        return
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in [k for k in init_args if k not in params]:
+        del init_args[key]
+
+
 class FeatureNorm(nn.Module):
     """Standardises features with statistics of the training set (set once at fit start)."""
 
@@ -109,6 +135,8 @@ class BottleneckModel(L.LightningModule):
         # built from Python, the modules themselves are not hyperparameters.
         from_config = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=[] if from_config else ["bottleneck", "head"])
+        if from_config and isinstance(self.hparams.get("bottleneck"), dict):
+            _drop_unaccepted_init_args(self.hparams["bottleneck"])
         if not isinstance(bottleneck, Bottleneck):
             raise TypeError(f"bottleneck must be a bottlenecks Bottleneck, got {type(bottleneck).__name__}")
         if task not in ("classification", "regression"):

@@ -1,0 +1,445 @@
+"""Energy-based concept bottleneck models (ECBM; Xu et al., 2024).
+
+Three energy networks score candidate (input, concepts, label) tuples; low energy
+means compatible:
+
+* **class energy** ``E_class(x, y)`` — an MLP on ``[h, u_y]`` with a learned embedding
+  ``u_y`` per class; ``p(y | x) ∝ exp(−E_class(x, y))``.
+* **concept energy** ``E_concept(x, c) = Σ_k E_k(x, c_k)`` — an MLP on ``[h, v_k(c_k)]``
+  with a positive and a negative embedding per concept,
+  ``v_k(c) = c v_k⁺ + (1 − c) v_k⁻``; ``p(c_k | x) ∝ exp(−E_k(x, c_k))``.
+* **global energy** ``E_global(c, y)`` — an MLP on ``[v_1(c_1), …, v_K(c_K), u_y]``: the
+  joint compatibility of a whole concept vector with a label, which is where
+  concept–concept and concept–label dependencies live.
+
+Training minimises the three negative log-likelihoods (the paper's
+``L_class + λ_c L_concept + λ_g L_global``; they are returned by
+:meth:`EnergyConceptBottleneck.supervised_losses` and weighted by the model's
+``loss_weights`` under the names ``class_nll``, ``concept_nll`` and ``global_nll``).
+For ``L_global`` we normalise over *all* (concept vector, label) pairs, so the global
+energy is a proper joint model ``p(c, y) ∝ exp(−E_global(c, y))`` of the training
+labels; when the ``2^K · M`` pairs are too many to enumerate we use the
+pseudo-likelihood ``−log p(y | c) − Σ_k log p(c_k | c_−k, y)`` instead.
+
+Prediction combines the energies,
+``E(x, c, y) = E_class(x, y) + λ_c E_concept(x, c) + λ_g E_global(c, y)``, into the
+posterior ``p(c, y | x) ∝ exp(−E(x, c, y))``:
+
+* ``inference="exact"`` enumerates every (c, y) pair (small K, e.g. 10 concepts × 9
+  classes = 9216 pairs) and returns exact marginals ``p(y | x)`` and ``p(c_k | x)``.
+* ``inference="gradient"`` minimises the mean-field free energy over relaxed
+  concepts ``q(c_k) ∈ [0, 1]`` and a relaxed label ``q(y)`` by gradient descent (the
+  paper's energy minimisation over relaxed variables, plus the entropy terms that
+  keep the outputs probabilities).
+
+An **intervention** fixes some concepts and re-infers the rest, so a correction
+*propagates*: fixing one concept changes the predicted probabilities of the
+concepts that co-occur with it, and the label. Values of exactly 0 or 1 are hard
+evidence; a value ``v`` strictly between acts as soft evidence with likelihood
+``v : (1 − v)`` (exact inference) or is held fixed at ``v`` (gradient inference).
+
+The head of a :class:`~bottlenecks.models.module.BottleneckModel` over this
+bottleneck is the identity: ``z`` already is ``log p(y | x)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, check_concept_names
+from bottlenecks.layers.concept import ConceptLabelCounter
+
+_LOGIT_CLAMP = 50.0
+
+
+def _masked_logsumexp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """``logsumexp`` of ``x`` over the entries where ``mask`` is True (−inf if none)."""
+    return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=dim)
+
+
+class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
+    """Energy-based concept bottleneck: class, concept and global energies; joint inference.
+
+    Args:
+        in_features: width of the encoder features.
+        num_classes: number of classes ``M`` (the bottleneck predicts the label itself).
+        concept_names: names of the ``K`` concepts (linked from the data by the CLI).
+        n_concepts: number of concepts when no names are given.
+        embedding_dim: width of the concept embeddings ``v_k^±`` and class embeddings ``u_y``.
+        hidden: hidden width of the energy MLPs.
+        concept_weight: ``λ_c``, weight of the concept energy in the total energy.
+        global_weight: ``λ_g``, weight of the global energy in the total energy.
+        inference: ``"exact"`` (enumerate all (c, y) pairs), ``"gradient"`` (relaxed
+            free-energy minimisation) or ``"auto"`` (exact when ``2^K · M <= max_configs``).
+        global_objective: ``"exact"`` (normalise over all pairs), ``"pseudo_likelihood"``
+            or ``"auto"`` (exact when enumerable).
+        max_configs: the largest ``2^K · M`` that ``"auto"`` still enumerates.
+        gradient_steps, gradient_lr: iterations and Adam step size of gradient inference.
+
+    Shapes: ``h (batch, in_features)`` → ``z = log p(y | x)`` ``(batch, num_classes)``;
+    ``concepts`` the logits of ``p(c_k = 1 | x)`` ``(batch, n_concepts)``;
+    ``extras["probs"]`` those probabilities after intervention ``(batch, n_concepts)``,
+    ``extras["class_energy"]`` ``(batch, num_classes)``, ``extras["concept_energy"]``
+    ``(batch, n_concepts, 2)`` (energy of ``c_k = 0`` and ``c_k = 1``).
+
+    Example::
+
+        b = EnergyConceptBottleneck(1280, num_classes=9, concept_names=names)
+        out = b(h)                                  # out.z: (batch, 9) log-probabilities
+        mask = torch.zeros(len(h), 10, dtype=torch.bool); mask[:, 0] = True
+        b(h, concepts=torch.ones(len(h), 10), intervention_mask=mask)  # c_0 := 1, propagated
+    """
+
+    #: The bottleneck's ``z`` is the task output; the model's default head is the identity.
+    predicts_task = True
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        concept_names: list[str] | None = None,
+        n_concepts: int | None = None,
+        embedding_dim: int = 16,
+        hidden: int = 64,
+        concept_weight: float = 1.0,
+        global_weight: float = 1.0,
+        inference: Literal["auto", "exact", "gradient"] = "auto",
+        global_objective: Literal["auto", "exact", "pseudo_likelihood"] = "auto",
+        max_configs: int = 65536,
+        gradient_steps: int = 100,
+        gradient_lr: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if concept_names is None and n_concepts is None:
+            raise ValueError("EnergyConceptBottleneck needs concept_names or n_concepts")
+        n = len(concept_names) if concept_names is not None else int(n_concepts)  # type: ignore[arg-type]
+        if n_concepts is not None and n != n_concepts:
+            raise ValueError(f"n_concepts={n_concepts} but {n} concept_names were given")
+        if num_classes is None or num_classes < 2:
+            raise ValueError(f"EnergyConceptBottleneck needs num_classes >= 2, got {num_classes}")
+        if inference not in ("auto", "exact", "gradient"):
+            raise ValueError(f"inference must be 'auto', 'exact' or 'gradient', got {inference!r}")
+        if global_objective not in ("auto", "exact", "pseudo_likelihood"):
+            raise ValueError(
+                f"global_objective must be 'auto', 'exact' or 'pseudo_likelihood', got {global_objective!r}"
+            )
+        self.concept_names = check_concept_names(concept_names, n)
+        self.in_features = int(in_features)
+        self.num_classes = int(num_classes)
+        self.out_features = self.num_classes
+        self.concept_weight = float(concept_weight)
+        self.global_weight = float(global_weight)
+        self.max_configs = int(max_configs)
+        enumerable = (2**n) * self.num_classes <= self.max_configs
+        if inference == "exact" and not enumerable:
+            raise ValueError(
+                f"exact inference enumerates 2^{n} * {self.num_classes} = {(2**n) * self.num_classes} "
+                f"(concepts, label) pairs, more than max_configs={self.max_configs}; use "
+                "inference='gradient' or raise max_configs"
+            )
+        if global_objective == "exact" and not enumerable:
+            raise ValueError(
+                f"the exact global objective enumerates 2^{n} * {self.num_classes} pairs, more than "
+                f"max_configs={self.max_configs}; use global_objective='pseudo_likelihood'"
+            )
+        self.inference = "exact" if inference == "auto" and enumerable else inference
+        if self.inference == "auto":
+            self.inference = "gradient"
+        self.global_objective = (
+            ("exact" if enumerable else "pseudo_likelihood") if global_objective == "auto" else global_objective
+        )
+        self.gradient_steps = int(gradient_steps)
+        self.gradient_lr = float(gradient_lr)
+
+        d, H, K, M = int(embedding_dim), int(hidden), n, self.num_classes
+        self.concept_embeddings = nn.Parameter(torch.randn(K, 2, d) / math.sqrt(d))  # [:, 0] = v⁻, [:, 1] = v⁺
+        self.class_embeddings = nn.Parameter(torch.randn(M, d) / math.sqrt(d))
+        # class energy: MLP([h, u_y]) with one hidden layer
+        self.class_h = nn.Linear(self.in_features, H)
+        self.class_u = nn.Linear(d, H, bias=False)
+        self.class_out = nn.Linear(H, 1)
+        # concept energy: MLP([h, v_k(c_k)]), shared over concepts
+        self.concept_h = nn.Linear(self.in_features, H)
+        self.concept_v = nn.Linear(d, H, bias=False)
+        self.concept_out = nn.Linear(H, 1)
+        # global energy: MLP([v_1(c_1), ..., v_K(c_K), u_y]) with two hidden layers; the first
+        # layer's weight is split per concept slot so relaxed/enumerated inputs stay linear.
+        self.global_v = nn.Parameter(torch.randn(K, d, H) / math.sqrt(K * d))
+        self.global_u = nn.Linear(d, H)
+        self.global_mlp = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(), nn.Linear(H, 1))
+        self._init_label_counter()
+
+    # ---------------------------------------------------------------- energies
+    def class_energy(self, h: Tensor) -> Tensor:
+        """``E_class(x, y)`` for every class: ``(batch, num_classes)``."""
+        a = self.class_h(h)  # (b, H)
+        u = self.class_u(self.class_embeddings)  # (M, H)
+        return self.class_out(F.relu(a[:, None, :] + u[None])).squeeze(-1)
+
+    def concept_energy(self, h: Tensor) -> Tensor:
+        """``E_k(x, c_k)`` for ``c_k = 0`` and ``1``: ``(batch, n_concepts, 2)``."""
+        a = self.concept_h(h)  # (b, H)
+        v = self.concept_v(self.concept_embeddings)  # (K, 2, H)
+        return self.concept_out(F.relu(a[:, None, None, :] + v[None])).squeeze(-1)
+
+    def _global_slots(self) -> Tensor:
+        """First-layer contribution of each concept slot in each state: ``(K, 2, H)``."""
+        return torch.einsum("ksd,kdh->ksh", self.concept_embeddings, self.global_v)
+
+    def global_energy(self, c: Tensor, y: Tensor) -> Tensor:
+        """``E_global(c, y)`` for (relaxed) concepts and labels.
+
+        Args:
+            c: ``(..., n_concepts)`` concept values in ``[0, 1]``.
+            y: ``(..., num_classes)`` label probabilities (one-hot for a hard label).
+
+        Returns:
+            ``(...)`` energies.
+        """
+        slots = self._global_slots()
+        pre = slots[:, 0].sum(0) + c @ (slots[:, 1] - slots[:, 0]) + self.global_u(y @ self.class_embeddings)
+        return self.global_mlp(pre).squeeze(-1)
+
+    def global_energy_table(self) -> Tensor:
+        """``E_global(c, y)`` for every binary concept vector and label: ``(2^K, num_classes)``.
+
+        Row ``i`` is the concept vector whose bit ``k`` is ``c_k`` (see :meth:`configs`).
+        """
+        self._require_enumerable("the global energy table")
+        slots = self._global_slots()
+        pre_c = slots[:, 0].sum(0) + self.configs() @ (slots[:, 1] - slots[:, 0])  # (N, H)
+        pre_y = self.global_u(self.class_embeddings)  # (M, H)
+        return self.global_mlp(pre_c[:, None, :] + pre_y[None]).squeeze(-1)
+
+    # ----------------------------------------------------------- enumeration
+    @property
+    def enumerable(self) -> bool:
+        return (2**self.n_concepts) * self.num_classes <= self.max_configs
+
+    def _require_enumerable(self, what: str) -> None:
+        if not self.enumerable:
+            raise ValueError(
+                f"{what} needs all 2^{self.n_concepts} * {self.num_classes} (concepts, label) pairs, "
+                f"more than max_configs={self.max_configs}"
+            )
+
+    def configs(self) -> Tensor:
+        """All binary concept vectors ``(2^K, K)``; row ``i`` has bit ``k`` of ``i`` in column ``k``."""
+        K = self.n_concepts
+        idx = torch.arange(2**K, device=self.class_embeddings.device)
+        bits = (idx[:, None] >> torch.arange(K, device=idx.device)) & 1
+        return bits.to(self.class_embeddings.dtype)
+
+    @staticmethod
+    def config_index(c: Tensor) -> Tensor:
+        """Row of :meth:`configs` for binary concept vectors ``(batch, K)`` → ``(batch,)``."""
+        K = c.shape[-1]
+        weights = 2 ** torch.arange(K, device=c.device)
+        return (c.round().long() * weights).sum(-1)
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        h: Tensor,
+        concepts: Tensor | None = None,
+        intervention_mask: Tensor | None = None,
+    ) -> BottleneckOutput:
+        self.check_input(h)
+        self._count_labels(concepts)
+        values, mask = self._check_intervention(h, concepts, intervention_mask)
+        e_cls = self.class_energy(h)
+        e_con = self.concept_energy(h)
+        extras: dict = {"class_energy": e_cls, "concept_energy": e_con}
+        if self.inference == "exact":
+            table = self.global_energy_table()
+            log_py, logits = self._infer_exact(e_cls, e_con, table, values, mask)
+            if self.training:
+                extras["global_energy_table"] = table
+        elif self.training:
+            # Relaxed inference is an inner optimisation; while training, the prediction is the
+            # class energy's and the concepts are the concept energies' (their own likelihoods).
+            log_py = F.log_softmax(-e_cls, dim=-1)
+            logits = e_con[..., 0] - e_con[..., 1]
+        else:
+            log_py, logits = self._infer_gradient(e_cls, e_con, values, mask)
+        probs = torch.sigmoid(logits)
+        if mask is not None:
+            probs = torch.where(mask, values, probs)
+        extras["probs"] = probs
+        return BottleneckOutput(z=log_py, concepts=logits.clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP), extras=extras)
+
+    def _check_intervention(
+        self, h: Tensor, concepts: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        if mask is None:
+            return None, None
+        shape = (h.shape[0], self.n_concepts)
+        if concepts is None:
+            raise ValueError("an intervention_mask was given without concept values to intervene with")
+        if tuple(mask.shape) != shape or tuple(concepts.shape) != shape:
+            raise ValueError(
+                f"intervention expects mask and values of shape {shape} (batch, n_concepts), "
+                f"got mask {tuple(mask.shape)} and values {tuple(concepts.shape)}"
+            )
+        mask = mask.bool() & ~torch.isnan(concepts)
+        values = torch.nan_to_num(concepts).to(h.dtype)
+        return values, mask
+
+    def _infer_exact(
+        self, e_cls: Tensor, e_con: Tensor, table: Tensor, values: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Exact marginals by enumeration, in batch chunks of bounded memory."""
+        C = self.configs()  # (N, K)
+        N, M = table.shape
+        chunk = max(1, (1 << 22) // (N * M))
+        log_pys, logits = [], []
+        on = C.bool().T  # (K, N)
+        for s in range(0, e_cls.shape[0], chunk):
+            ec, ek = e_cls[s : s + chunk], e_con[s : s + chunk]
+            concept_e = ek[..., 0].sum(-1, keepdim=True) + (ek[..., 1] - ek[..., 0]) @ C.T  # (b, N)
+            log_joint = (
+                -ec[:, None, :] - self.concept_weight * concept_e[:, :, None] - self.global_weight * table[None]
+            )  # (b, N, M)
+            if mask is not None:
+                v, m = values[s : s + chunk], mask[s : s + chunk].to(C.dtype)
+                # log-likelihood of the evidence: log v if c_k = 1 else log(1 - v), on masked concepts
+                # (clamped so that hard evidence gives weight exp(-1e4) = 0 without inf * 0 = nan)
+                log_v = torch.log(v).clamp_min(-1e4) * m
+                log_1mv = torch.log1p(-v).clamp_min(-1e4) * m
+                evidence = log_v @ C.T + log_1mv @ (1 - C).T  # (b, N)
+                log_joint = log_joint + evidence[:, :, None]
+            log_z = torch.logsumexp(log_joint.flatten(1), dim=-1)  # (b,)
+            log_pys.append(torch.logsumexp(log_joint, dim=1) - log_z[:, None])
+            log_pc = torch.logsumexp(log_joint, dim=2)  # (b, N)
+            lp_on = _masked_logsumexp(log_pc[:, None, :], on[None], dim=-1)  # (b, K)
+            lp_off = _masked_logsumexp(log_pc[:, None, :], ~on[None], dim=-1)
+            logits.append(lp_on - lp_off)
+        return torch.cat(log_pys), torch.cat(logits)
+
+    def _infer_gradient(
+        self, e_cls: Tensor, e_con: Tensor, values: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Minimise the mean-field free energy over relaxed concepts and label.
+
+        ``F(q) = E_q[E_class] + λ_c E_q[E_concept] + λ_g E_global(q_c, q_y) − H(q_c) − H(q_y)``,
+        with intervened concepts held at their values. Runs with gradients on the relaxed
+        variables only, also under ``torch.no_grad`` / ``torch.inference_mode``.
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            ec, ek = e_cls.detach().clone(), e_con.detach().clone()
+            fixed_v = None if values is None else values.detach().clone()
+            fixed_m = None if mask is None else mask.detach().clone()
+            a = (ek[..., 0] - ek[..., 1]).clone().requires_grad_(True)
+            t = (-ec).clone().requires_grad_(True)
+            opt = torch.optim.Adam([a, t], lr=self.gradient_lr)
+            for _ in range(self.gradient_steps):
+                qc = torch.sigmoid(a)
+                if fixed_m is not None:
+                    qc = torch.where(fixed_m, fixed_v, qc)
+                log_qy = F.log_softmax(t, dim=-1)
+                qy = log_qy.exp()
+                ent_c = -(qc * torch.log(qc.clamp_min(1e-12)) + (1 - qc) * torch.log((1 - qc).clamp_min(1e-12)))
+                if fixed_m is not None:
+                    ent_c = ent_c.masked_fill(fixed_m, 0.0)
+                free = (
+                    (qy * ec).sum(-1)
+                    + self.concept_weight * (qc * ek[..., 1] + (1 - qc) * ek[..., 0]).sum(-1)
+                    + self.global_weight * self.global_energy(qc, qy)
+                    + (qy * log_qy).sum(-1)
+                    - ent_c.sum(-1)
+                )
+                ga, gt = torch.autograd.grad(free.sum(), [a, t])
+                a.grad, t.grad = ga, gt
+                opt.step()
+            log_py = F.log_softmax(t.detach(), dim=-1)
+            logits = a.detach()
+        return log_py.to(e_cls.dtype), logits.to(e_cls.dtype)
+
+    # ----------------------------------------------------------------- losses
+    def supervised_losses(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The three ECBM negative log-likelihoods for a batch (unweighted).
+
+        * ``class_nll`` — ``−log p(y | x)`` under the class energy alone.
+        * ``concept_nll`` — mean over labelled entries of ``−log p(c_k | x)`` under the
+          concept energies alone.
+        * ``global_nll`` — ``−log p(c, y)`` under the global energy (exact normaliser or
+          pseudo-likelihood), over rows whose concepts are all labelled.
+
+        Called by :class:`~bottlenecks.models.module.BottleneckModel` while training.
+        """
+        y = batch["y"].long()
+        losses = {"class_nll": F.cross_entropy(-out.extras["class_energy"], y)}
+        c = batch.get("concepts")
+        if c is None:
+            raise ValueError(
+                "EnergyConceptBottleneck needs concept labels to train (the concept and global "
+                "energies are fitted to them), but the batch has no 'concepts'"
+            )
+        e_con = out.extras["concept_energy"]
+        labelled = ~torch.isnan(c)
+        logits = e_con[..., 0] - e_con[..., 1]
+        if labelled.any():
+            losses["concept_nll"] = F.binary_cross_entropy_with_logits(logits[labelled], c[labelled])
+        else:
+            losses["concept_nll"] = logits.sum() * 0.0
+        full = labelled.all(-1)
+        if not full.any():
+            losses["global_nll"] = logits.sum() * 0.0
+            return losses
+        cf, yf = c[full], y[full]
+        if self.global_objective == "exact":
+            table = out.extras.get("global_energy_table")
+            if table is None:
+                table = self.global_energy_table()
+            e_true = table[self.config_index(cf), yf]
+            losses["global_nll"] = e_true.mean() + torch.logsumexp(-table.flatten(), dim=0)
+        else:
+            losses["global_nll"] = self._pseudo_likelihood(cf, yf)
+        return losses
+
+    def _pseudo_likelihood(self, c: Tensor, y: Tensor) -> Tensor:
+        """``−log p(y | c) − Σ_k log p(c_k | c_−k, y)`` under the global energy, averaged over rows."""
+        slots = self._global_slots()
+        delta = slots[:, 1] - slots[:, 0]  # (K, H)
+        pre_c = slots[:, 0].sum(0) + c @ delta  # (b, H)
+        pre_u = self.global_u(self.class_embeddings)  # (M, H)
+        e_all_y = self.global_mlp(pre_c[:, None, :] + pre_u[None]).squeeze(-1)  # (b, M)
+        nll_y = F.cross_entropy(-e_all_y, y)
+        pre_true = pre_c + pre_u[y]  # (b, H)
+        e_true = e_all_y.gather(1, y[:, None]).squeeze(1)  # (b,)
+        flipped = pre_true[:, None, :] + (1 - 2 * c)[:, :, None] * delta[None]  # (b, K, H)
+        e_flip = self.global_mlp(flipped).squeeze(-1)  # (b, K)
+        nll_c = F.softplus(e_true[:, None] - e_flip).sum(-1).mean()
+        return nll_y + nll_c
+
+    # -------------------------------------------------- probabilistic queries
+    @torch.no_grad()
+    def prior(self) -> Tensor:
+        """The global energy's joint ``p(c, y)`` over all pairs: ``(2^K, num_classes)``, sums to 1."""
+        table = self.global_energy_table()
+        return torch.softmax(-table.flatten(), dim=0).view_as(table)
+
+    @torch.no_grad()
+    def concept_given_label(self) -> Tensor:
+        """``p(c_k = 1 | y)`` under the global energy: ``(num_classes, n_concepts)``."""
+        joint = self.prior()  # (N, M)
+        p_c_y = joint / joint.sum(0, keepdim=True)
+        return p_c_y.T @ self.configs()
+
+    @torch.no_grad()
+    def concept_given_concept(self, given: int, value: float = 1.0) -> Tensor:
+        """``p(c_k = 1 | c_given = value)`` under the global energy (label marginalised): ``(n_concepts,)``."""
+        if not 0 <= given < self.n_concepts:
+            raise ValueError(f"concept index {given} is out of range for {self.n_concepts} concepts")
+        if value not in (0, 1, 0.0, 1.0):
+            raise ValueError(f"the conditioning value must be 0 or 1, got {value}")
+        p_c = self.prior().sum(1)  # (N,)
+        C = self.configs()
+        keep = C[:, given] == float(value)
+        p = p_c * keep
+        return (p / p.sum()) @ C

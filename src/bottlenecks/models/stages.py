@@ -1,0 +1,353 @@
+"""Training schedules as small, named stages (a Lightning callback), not forks of the model.
+
+A :class:`Stage` says, for a run of epochs, which parameters train, how the task
+and concept losses are weighted, and whether the head reads the *predicted* or
+the *ground-truth* concepts. :class:`TrainingStages` applies a list of them to a
+:class:`~bottlenecks.models.module.BottleneckModel` at epoch boundaries (so a
+resumed run lands in the right stage) and restores the model when fitting ends.
+
+:class:`CBMTrainingMode` builds the three training modes of Koh et al. (2020):
+
+* ``joint`` — one stage: task loss + ``λ`` × concept loss, everything trains.
+* ``sequential`` — stage ``concepts`` trains the concept predictor on the concept
+  loss alone; stage ``head`` freezes it and trains the head on its *predicted*
+  concepts (probabilities, or 0/1 with ``hard=True`` on the bottleneck).
+* ``independent`` — stage ``concepts`` as above; stage ``head`` trains the head on
+  the *ground-truth* concepts (the predictor only meets the head at test time).
+
+From YAML::
+
+    trainer:
+      max_epochs: 40
+      callbacks:
+        - class_path: bottlenecks.models.stages.CBMTrainingMode
+          init_args: {mode: sequential, concept_epochs: 20}
+
+From Python::
+
+    L.Trainer(max_epochs=40, callbacks=[CBMTrainingMode("independent", concept_epochs=20)])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+MODES = ("independent", "sequential", "joint")
+
+
+@dataclass
+class Stage:
+    """One named stage of a training schedule.
+
+    Attributes:
+        name: shown in logs (``stage`` metric is its index) and error messages.
+        epochs: how many epochs the stage lasts; None for "until ``max_epochs``"
+            (only the last stage may say so).
+        train: prefixes of the parameter names that train in this stage (``"bottleneck"``,
+            ``"head"``, ``"bottleneck.residual"``, ...); every other parameter is frozen
+            and its modules put in eval mode.
+        concept_loss_weight: the model's concept-loss weight during the stage (None: keep).
+        task_loss_weight: the model's task-loss weight during the stage (None: keep).
+        head_reads: ``"predicted"`` concepts, or ``"true"`` ones: every labelled concept is
+            replaced by its ground truth before the head (an intervention on all concepts).
+        needs_concepts: the stage cannot run without concept labels in the batches.
+    """
+
+    name: str
+    epochs: int | None = None
+    train: list[str] = field(default_factory=lambda: ["bottleneck", "head"])
+    concept_loss_weight: float | None = None
+    task_loss_weight: float | None = None
+    head_reads: Literal["predicted", "true"] = "predicted"
+    needs_concepts: bool = False
+
+
+class TrainingStages(Callback):
+    """Runs a :class:`BottleneckModel` through a list of :class:`Stage` s.
+
+    Args:
+        stages: the stages, in order; their epochs must fit in the trainer's ``max_epochs``.
+        why_concepts: words for the error raised when a stage that needs concept labels
+            meets data without them.
+    """
+
+    def __init__(self, stages: list[Stage], why_concepts: str | None = None) -> None:
+        if not stages:
+            raise ValueError("TrainingStages needs at least one stage")
+        for i, s in enumerate(stages):
+            if s.epochs is None and i != len(stages) - 1:
+                raise ValueError(f"stage {s.name!r}: only the last stage may have epochs=None")
+            if s.epochs is not None and s.epochs < 1:
+                raise ValueError(f"stage {s.name!r}: epochs must be >= 1, got {s.epochs}")
+            if s.head_reads not in ("predicted", "true"):
+                raise ValueError(f"stage {s.name!r}: head_reads must be 'predicted' or 'true', got {s.head_reads!r}")
+        self.stages = list(stages)
+        self.why_concepts = why_concepts
+        self._current: int | None = None
+        self._saved: dict[str, Any] | None = None
+        self._hook: Any = None
+        self._checked_batch = False
+
+    # ------------------------------------------------------------ schedule
+    @property
+    def describe(self) -> str:
+        return " → ".join(f"{s.name}({s.epochs if s.epochs is not None else 'rest'})" for s in self.stages)
+
+    def stage_at(self, epoch: int) -> int:
+        """Index of the stage that runs at ``epoch`` (0-based)."""
+        end = 0
+        for i, s in enumerate(self.stages):
+            if s.epochs is None:
+                return i
+            end += s.epochs
+            if epoch < end:
+                return i
+        return len(self.stages) - 1
+
+    # --------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_model_and_data(trainer, pl_module)
+        self._check_parameters(pl_module)
+        fixed = sum(s.epochs or 0 for s in self.stages)
+        open_ended = self.stages[-1].epochs is None
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0:
+            if fixed > max_epochs or (open_ended and fixed >= max_epochs):
+                raise ValueError(
+                    f"training stages {self.describe} need more than trainer.max_epochs={max_epochs} epochs"
+                )
+        self._saved = {
+            "concept_loss_weight": getattr(pl_module, "concept_loss_weight", None),
+            "task_loss_weight": getattr(pl_module, "task_loss_weight", None),
+        }
+        self._current = None
+        self._checked_batch = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        i = self.stage_at(trainer.current_epoch)
+        if i != self._current:
+            self._enter(i, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        stage = self.stages[self._current or 0]
+        if not self._checked_batch or stage.needs_concepts:
+            if stage.needs_concepts and (not isinstance(batch, dict) or batch.get("concepts") is None):
+                raise ValueError(self._no_concepts_message(stage, "the training batches have no 'concepts'"))
+            self._checked_batch = True
+        # trained parts in train mode, frozen parts in eval mode (no dropout noise, no batch-norm
+        # drift, no RandInt); Lightning keeps each submodule's mode across validation, so this
+        # is set on every batch.
+        self._apply_modes(pl_module, "", stage)
+        pl_module.log("stage", float(self._current or 0), on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore(pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore(pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stages": [s.name for s in self.stages]}
+
+    # ------------------------------------------------------------ internals
+    @staticmethod
+    def _trains(name: str, stage: Stage) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in stage.train)
+
+    @staticmethod
+    def _any_trains_under(name: str, stage: Stage) -> bool:
+        return any(p.startswith(name + ".") for p in stage.train)
+
+    def _apply_modes(self, module: nn.Module, prefix: str, stage: Stage) -> None:
+        for name, child in module.named_children():
+            full = prefix + name
+            if self._trains(full, stage):
+                child.train()
+            elif self._any_trains_under(full, stage):
+                child.training = True
+                self._apply_modes(child, full + ".", stage)
+            else:
+                child.eval()
+
+    def _enter(self, i: int, pl_module: L.LightningModule) -> None:
+        stage = self.stages[i]
+        for name, p in pl_module.named_parameters():
+            train = self._trains(name, stage)
+            p.requires_grad_(train)
+            if not train:
+                p.grad = None
+        saved = self._saved or {}
+        for attr in ("concept_loss_weight", "task_loss_weight"):
+            value = getattr(stage, attr)
+            if value is None:
+                value = saved.get(attr)
+            if value is not None and hasattr(pl_module, attr):
+                setattr(pl_module, attr, value)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if stage.head_reads == "true":
+            self._hook = pl_module.bottleneck.register_forward_pre_hook(
+                _teacher_forcing(pl_module), with_kwargs=True
+            )
+        self._current = i
+
+    def _restore(self, pl_module: L.LightningModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._saved is None:
+            return
+        for p in pl_module.parameters():
+            p.requires_grad_(True)
+        pl_module.train(pl_module.training)
+        for attr, value in self._saved.items():
+            if value is not None:
+                setattr(pl_module, attr, value)
+        self._saved = None
+        self._current = None
+
+    def _check_model_and_data(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        bottleneck = getattr(pl_module, "bottleneck", None)
+        if bottleneck is None:
+            raise TypeError(f"TrainingStages drives a BottleneckModel, got {type(pl_module).__name__}")
+        needing = [s for s in self.stages if s.needs_concepts]
+        if not needing:
+            return
+        if not getattr(bottleneck, "n_concepts", 0):
+            raise ValueError(
+                self._no_concepts_message(needing[0], f"the bottleneck {type(bottleneck).__name__} has no concepts")
+            )
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None:
+            return  # plain dataloaders: checked on the first batch
+        names = getattr(dm, "concept_names", None)
+        has_table = True
+        if hasattr(dm, "split"):
+            try:
+                has_table = dm.split("train").concepts is not None
+            except (AttributeError, KeyError):
+                has_table = True
+        if not names or not has_table:
+            raise ValueError(
+                self._no_concepts_message(needing[0], f"the data {type(dm).__name__} has no concept labels")
+            )
+
+    def _check_parameters(self, pl_module: L.LightningModule) -> None:
+        names = [n for n, _ in pl_module.named_parameters()]
+        for s in self.stages:
+            if not any(self._trains(n, s) for n in names):
+                raise ValueError(
+                    f"stage {s.name!r} trains {s.train} but the model has no parameters under those names "
+                    f"(its parameters start with {sorted({n.split('.')[0] for n in names})})"
+                )
+
+    def _no_concepts_message(self, stage: Stage, what: str) -> str:
+        why = f" ({self.why_concepts})" if self.why_concepts else ""
+        return (
+            f"{self._label(stage)} needs concept labels{why}, but {what}; use data with concept "
+            "annotations, or a bottleneck that trains without them"
+        )
+
+    def _label(self, stage: Stage) -> str:
+        return f"training stage {stage.name!r}"
+
+
+def _teacher_forcing(pl_module: nn.Module):  # noqa: ANN202 - a hook
+    """Forward pre-hook: while the model trains, intervene with every labelled ground-truth concept."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        concepts = kwargs.get("concepts")
+        if not pl_module.training or concepts is None:
+            return None
+        mask = ~torch.isnan(concepts)
+        given = kwargs.get("intervention_mask")
+        if given is not None:
+            mask = mask | given.bool()
+        return args, {**kwargs, "intervention_mask": mask}
+
+    return hook
+
+
+class CBMTrainingMode(TrainingStages):
+    """The training modes of concept bottleneck models (Koh et al., 2020) as stages.
+
+    Args:
+        mode: ``"joint"``, ``"sequential"`` or ``"independent"`` (see the module docstring).
+        concept_epochs: epochs of the ``concepts`` stage of sequential/independent training;
+            the ``head`` stage gets the rest of ``max_epochs``. Default: half of ``max_epochs``.
+        concept_loss_weight: joint mode's ``λ`` (None keeps the model's ``concept_loss_weight``).
+
+    All three modes need concept labels; on data without them, fitting stops with an
+    error naming the mode.
+    """
+
+    _WHY = {
+        "joint": "the joint loss includes the concept loss",
+        "sequential": "the concept predictor is trained on them before the head",
+        "independent": "the concept predictor is trained on them and the head reads them",
+    }
+
+    def __init__(
+        self,
+        mode: Literal["independent", "sequential", "joint"] = "joint",
+        concept_epochs: int | None = None,
+        concept_loss_weight: float | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if concept_epochs is not None and concept_epochs < 1:
+            raise ValueError(f"concept_epochs must be >= 1, got {concept_epochs}")
+        if mode == "joint" and concept_epochs is not None:
+            raise ValueError("concept_epochs applies to sequential and independent training, not joint")
+        if concept_loss_weight is not None and mode != "joint":
+            raise ValueError(
+                f"concept_loss_weight is joint training's λ; {mode} training trains concepts and head separately"
+            )
+        self.mode = mode
+        self.concept_epochs = concept_epochs
+        self.concept_loss_weight = concept_loss_weight
+        super().__init__(self._build(concept_epochs or 1), why_concepts=self._WHY[mode])
+
+    def _build(self, concept_epochs: int, head_train: list[str] | None = None) -> list[Stage]:
+        if self.mode == "joint":
+            return [Stage("joint", concept_loss_weight=self.concept_loss_weight, needs_concepts=True)]
+        head_train = head_train or ["head"]
+        concepts = Stage(
+            "concepts", epochs=concept_epochs, train=["bottleneck"], task_loss_weight=0.0, needs_concepts=True
+        )
+        head = Stage(
+            "head",
+            epochs=None,
+            train=head_train,
+            concept_loss_weight=0.0,
+            head_reads="true" if self.mode == "independent" else "predicted",
+            needs_concepts=self.mode == "independent",
+        )
+        return [concepts, head]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.mode != "joint":
+            concept_epochs = self.concept_epochs
+            if concept_epochs is None:
+                if trainer.max_epochs is None or trainer.max_epochs < 2:
+                    raise ValueError(
+                        f"{self.mode} training needs trainer.max_epochs >= 2 (a concepts stage and a head stage), "
+                        f"got {trainer.max_epochs}"
+                    )
+                concept_epochs = trainer.max_epochs // 2
+            # the side channel of a concept bottleneck is unsupervised: it trains with the head
+            head_train = ["head"]
+            if getattr(getattr(pl_module, "bottleneck", None), "residual", None) is not None:
+                head_train.append("bottleneck.residual")
+            self.stages = self._build(concept_epochs, head_train)
+        super().on_fit_start(trainer, pl_module)
+
+    def _label(self, stage: Stage) -> str:
+        return f"{self.mode} CBM training (stage {stage.name!r})"

@@ -1,0 +1,58 @@
+"""Small synthetic concept data shaped like Shapes, shared by the concept-bottleneck tests.
+
+Eight binary concepts: three colours (one-hot), three shapes (one-hot), then
+``big`` and ``striped`` (independent nuisances); label = 3 * shape + colour (9 classes).
+Features are a noisy linear image of the concepts, noisy enough that concept
+predictions are imperfect (so interventions have something to fix).
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAMES = ["red", "green", "blue", "circle", "square", "triangle", "big", "striped"]
+
+
+def shapes_like(n: int = 3000, d: int = 16, noise: float = 1.2, seed: int = 0, cooccur: bool = False,
+                spurious: float | None = None):
+    """``(x, concepts, y)``; ``cooccur`` forces red ⇔ circle; ``spurious`` makes ``striped``
+    follow label parity with that probability (the sign flips on the second half)."""
+    g = torch.Generator().manual_seed(seed)
+    colour = torch.randint(0, 3, (n,), generator=g)
+    shape = torch.randint(0, 3, (n,), generator=g)
+    if cooccur:
+        # red <=> circle: red objects are circles, circles are red
+        shape = torch.where(colour == 0, torch.zeros_like(shape), shape)
+        colour = torch.where(shape == 0, torch.zeros_like(colour), colour)
+    y = 3 * shape + colour
+    c = torch.zeros(n, len(NAMES))
+    c[torch.arange(n), colour] = 1
+    c[torch.arange(n), 3 + shape] = 1
+    c[:, 6] = (torch.rand(n, generator=g) < 0.5).float()
+    if spurious is None:
+        c[:, 7] = (torch.rand(n, generator=g) < 0.5).float()
+    else:
+        odd = (y % 2 == 1).float()
+        half = torch.arange(n) >= n // 2
+        p = torch.where(half, 1 - spurious, spurious) * odd + torch.where(half, spurious, 1 - spurious) * (1 - odd)
+        c[:, 7] = (torch.rand(n, generator=g) < p).float()
+    w = torch.randn(len(NAMES), d, generator=g)
+    x = c @ w + noise * torch.randn(n, d, generator=g)
+    return x, c, y
+
+
+def datamodule(x, c, y, n_train: int, **kw):
+    from bottlenecks.data.datamodule import ArrayDataModule
+
+    return ArrayDataModule.from_arrays(
+        x_train=x[:n_train], y_train=y[:n_train], concepts_train=c[:n_train],
+        x_test=x[n_train:], y_test=y[n_train:], concepts_test=c[n_train:],
+        concept_names=NAMES, batch_size=kw.pop("batch_size", 128), **kw)
+
+
+def trainer(**kw):
+    import lightning as L
+
+    kw.setdefault("max_epochs", 10)
+    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, deterministic=True, **kw)
