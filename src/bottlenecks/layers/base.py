@@ -102,6 +102,18 @@ class Bottleneck(nn.Module):
             raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
 
 
+def resolve_concept_names(
+    concept_names: list[str] | None, n_concepts: int | None, owner: str
+) -> list[str]:
+    """The concept names of a concept layer given names, a count, or both (which must agree)."""
+    if concept_names is None and n_concepts is None:
+        raise ValueError(f"{owner} needs concept_names or n_concepts")
+    n = len(concept_names) if concept_names is not None else int(n_concepts)  # type: ignore[arg-type]
+    if n_concepts is not None and n != n_concepts:
+        raise ValueError(f"{owner}: n_concepts={n_concepts} but {n} concept_names were given")
+    return check_concept_names(concept_names, n)
+
+
 def check_concept_names(names: list[str] | None, n: int, what: str = "concepts") -> list[str]:
     """Return concept names, generating ``c0..c{n-1}`` when none are given; check the count."""
     if names is None:

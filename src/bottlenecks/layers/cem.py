@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, check_concept_names
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, resolve_concept_names
 from bottlenecks.layers.concept import ConceptLabelCounter, apply_intervention
 
 
@@ -64,16 +64,13 @@ class ConceptEmbeddingBottleneck(Bottleneck, ConceptLabelCounter):
         shared_scorer: bool = True,
     ) -> None:
         super().__init__()
-        if concept_names is None and n_concepts is None:
-            raise ValueError("ConceptEmbeddingBottleneck needs concept_names or n_concepts")
-        n = len(concept_names) if concept_names is not None else int(n_concepts)  # type: ignore[arg-type]
-        if n_concepts is not None and n != n_concepts:
-            raise ValueError(f"n_concepts={n_concepts} but {n} concept_names were given")
+        names = resolve_concept_names(concept_names, n_concepts, "ConceptEmbeddingBottleneck")
+        n = len(names)
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if not 0.0 <= training_intervention_prob <= 1.0:
             raise ValueError(f"training_intervention_prob must lie in [0, 1], got {training_intervention_prob}")
-        self.concept_names = check_concept_names(concept_names, n)
+        self.concept_names = names
         self.in_features = int(in_features)
         self.embedding_dim = int(embedding_dim)
         self.out_features = n * self.embedding_dim

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, check_concept_names
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, resolve_concept_names
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0) -> nn.Module:
@@ -118,14 +118,11 @@ class ConceptBottleneck(Bottleneck, ConceptLabelCounter):
         n_residual: int = 0,
     ) -> None:
         super().__init__()
-        if concept_names is None and n_concepts is None:
-            raise ValueError("ConceptBottleneck needs concept_names or n_concepts")
-        n = len(concept_names) if concept_names is not None else int(n_concepts)  # type: ignore[arg-type]
-        if n_concepts is not None and n != n_concepts:
-            raise ValueError(f"n_concepts={n_concepts} but {n} concept_names were given")
+        names = resolve_concept_names(concept_names, n_concepts, "ConceptBottleneck")
+        n = len(names)
         if n_residual < 0:
             raise ValueError(f"n_residual must be >= 0, got {n_residual}")
-        self.concept_names = check_concept_names(concept_names, n)
+        self.concept_names = names
         self.in_features = int(in_features)
         self.n_residual = int(n_residual)
         self.out_features = n + self.n_residual

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, check_concept_names
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, resolve_concept_names
 from bottlenecks.layers.concept import ConceptLabelCounter
 
 _LOGIT_CLAMP = 50.0
@@ -115,11 +115,8 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
         gradient_lr: float = 0.1,
     ) -> None:
         super().__init__()
-        if concept_names is None and n_concepts is None:
-            raise ValueError("EnergyConceptBottleneck needs concept_names or n_concepts")
-        n = len(concept_names) if concept_names is not None else int(n_concepts)  # type: ignore[arg-type]
-        if n_concepts is not None and n != n_concepts:
-            raise ValueError(f"n_concepts={n_concepts} but {n} concept_names were given")
+        names = resolve_concept_names(concept_names, n_concepts, "EnergyConceptBottleneck")
+        n = len(names)
         if num_classes is None or num_classes < 2:
             raise ValueError(f"EnergyConceptBottleneck needs num_classes >= 2, got {num_classes}")
         if inference not in ("auto", "exact", "gradient"):
@@ -128,7 +125,7 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
             raise ValueError(
                 f"global_objective must be 'auto', 'exact' or 'pseudo_likelihood', got {global_objective!r}"
             )
-        self.concept_names = check_concept_names(concept_names, n)
+        self.concept_names = names
         self.in_features = int(in_features)
         self.num_classes = int(num_classes)
         self.out_features = self.num_classes
