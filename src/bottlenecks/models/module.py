@@ -162,6 +162,8 @@ class BottleneckModel(L.LightningModule):
         self.loss_weights = dict(loss_weights or {})
         self._encoder_spec = encoder
         self.__dict__["_encoder"] = None  # built on first use, never a submodule
+        self._loss_sums: dict[str, dict[str, Tensor]] = {}
+        self._loss_counts: dict[str, int] = {}
         self._build_metrics()
 
     # ------------------------------------------------------------------ metrics
@@ -268,9 +270,13 @@ class BottleneckModel(L.LightningModule):
         y_hat, out = self(batch["x"], concepts=batch.get("concepts") if training else None)
         terms = self.compute_losses(batch, y_hat, out)
         bs = batch["x"].shape[0]
+        # Loss terms are summed here and logged once per epoch (see _epoch_end): a
+        # self.log call per term and step costs more than the step itself on cached features.
+        sums = self._loss_sums.setdefault(stage, {})
         for name, value in terms.items():
-            self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs,
-                     prog_bar=name == "loss" and training)
+            v = value.detach() * bs
+            sums[name] = sums[name] + v if name in sums else v
+        self._loss_counts[stage] = self._loss_counts.get(stage, 0) + bs
         metrics = self.task_metrics[f"{stage}_"]
         metrics.update(y_hat.detach(), batch["y"])
         if f"{stage}_" in self.concept_metrics and out.concepts is not None and batch.get("concepts") is not None:
@@ -279,7 +285,8 @@ class BottleneckModel(L.LightningModule):
             self.concept_metrics[f"{stage}_"].update(out.concepts.detach().float(), target)
         for key, value in out.extras.items():
             if key.startswith("log_") and torch.is_tensor(value) and value.numel() == 1:
-                self.log(f"{stage}/{key[4:]}", value.detach().float(), on_step=False, on_epoch=True, batch_size=bs)
+                v = value.detach().float() * bs
+                sums[key[4:]] = sums[key[4:]] + v if key[4:] in sums else v
         return terms["loss"]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -306,6 +313,10 @@ class BottleneckModel(L.LightningModule):
 
     def _epoch_end(self, stage: str) -> None:
         key = f"{stage}_"
+        count = self._loss_counts.pop(stage, 0)
+        for name, total in self._loss_sums.pop(stage, {}).items():
+            self.log(f"{stage}/{name}", total / max(count, 1), sync_dist=True,
+                     prog_bar=stage == "train" and name == "loss")
         for name, value in self.task_metrics[key].compute().items():
             self.log(f"{stage}/{name}", value)
         self.task_metrics[key].reset()
