@@ -188,7 +188,7 @@ def test_contrastive_vib_prunes_units_and_keeps_accuracy():
     torch.manual_seed(0)
     layer = ContrastiveVIBBottleneck(8, 16, hidden=[32])
     model = BottleneckModel(layer, num_classes=4, loss_weights={"kl": 0.05, "contrastive": 0.1}, lr=1e-2)
-    _trainer(20).fit(model, dm)
+    _trainer(40).fit(model, dm)  # 20 epochs: 0.55-0.93 across seeds; 40: >= 0.96
     res = _trainer(1).test(model, dm, verbose=False)[0]
     active = int(layer.active_units().sum())
     assert active < 16  # the gate VIB switched units off

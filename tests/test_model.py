@@ -169,3 +169,28 @@ def test_identity_bottleneck_is_the_black_box(concept_arrays):
     model = BottleneckModel(IdentityBottleneck(20), num_classes=4, lr=5e-2)
     _trainer().fit(model, dm)
     assert _trainer().test(model, dm, verbose=False)[0]["test/task_acc"] > 0.9
+
+
+def test_interrupted_fit_resumes_from_its_checkpoint(tmp_path, concept_arrays):
+    """A run stopped after 3 epochs continues from last.ckpt: steps, feature statistics and
+    weights carry over, and the resumed run ends where an uninterrupted one does."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(max_epochs, ckpt_path=None):
+        L.seed_everything(0)
+        dm = _dm(concept_arrays)
+        model = BottleneckModel(ConceptBottleneck(20, n_concepts=5), num_classes=4, lr=5e-2, lr_schedule="constant")
+        cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, deterministic=True, callbacks=[cb])
+        trainer.fit(model, dm, ckpt_path=ckpt_path)
+        return model, trainer
+
+    first, t1 = run(3)
+    resumed, t2 = run(6, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert t1.global_step > 0 and t2.global_step == 2 * t1.global_step
+    assert t2.train_dataloader.sampler.epoch == 5  # Lightning set each epoch's shuffling seed
+    assert torch.equal(resumed.norm.mean, first.norm.mean)  # statistics restored, not refitted
+    straight, _ = run(6)
+    for a, b in zip(resumed.parameters(), straight.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -9,6 +9,7 @@ from tensors (one indexing op per batch, no per-example collation).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bottlenecks.data.base import ConceptDataset, Task, check_concepts, check_labels
 
@@ -44,16 +45,38 @@ class FeatureBatches(Dataset):
         return batch
 
 
+class EpochBatches(Sampler[list[int]]):
+    """Index batches over ``n`` rows; shuffled by a generator seeded with ``seed + epoch``.
+
+    Lightning calls :meth:`set_epoch` before each epoch, so the order of epoch ``e`` is
+    the same in a run resumed from a checkpoint as in one that never stopped.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        for batch in order.split(self.batch_size):
+            yield batch.tolist()
+
+
 def batch_loader(ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
     """A DataLoader that yields whole batches from :class:`FeatureBatches`."""
-    if shuffle:
-        sampler: Any = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(ds)
     return DataLoader(
         ds,
         batch_size=None,
-        sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=False),
+        sampler=EpochBatches(len(ds), batch_size, shuffle, seed),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
