@@ -195,12 +195,16 @@ class LightningLearner(ContinualLearner):
 class SequentialLinearProbe(LightningLearner):
     """Linear head on frozen features, trained on each task in turn (the forgetting baseline).
 
+    ``name`` defaults to the class's ``default_name``.
+
     Args:
         feature_dim, num_classes: sizes.
         epochs_per_task, batch_size, seed: as in :class:`LightningLearner`.
         optimizer, lr, weight_decay: as in :class:`~bottlenecks.models.BottleneckModel`.
         standardize_features: standardise with the statistics of the first data seen.
     """
+
+    default_name = "linear probe (sequential)"
 
     def __init__(
         self,
@@ -213,7 +217,7 @@ class SequentialLinearProbe(LightningLearner):
         weight_decay: float = 0.0,
         standardize_features: bool = False,
         seed: int = 0,
-        name: str = "linear probe (sequential)",
+        name: str | None = None,
     ) -> None:
         from bottlenecks.layers.concept import IdentityBottleneck
         from bottlenecks.models.module import BottleneckModel
@@ -222,7 +226,8 @@ class SequentialLinearProbe(LightningLearner):
             IdentityBottleneck(feature_dim), num_classes=num_classes, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, lr_schedule="constant", standardize_features=standardize_features,
         )
-        super().__init__(model, epochs_per_task=epochs_per_task, batch_size=batch_size, seed=seed, name=name)
+        super().__init__(model, epochs_per_task=epochs_per_task, batch_size=batch_size, seed=seed,
+                         name=name or self.default_name)
 
 
 class JointLinearProbe(SequentialLinearProbe):
@@ -233,25 +238,8 @@ class JointLinearProbe(SequentialLinearProbe):
     :class:`SequentialLinearProbe`.
     """
 
-    def __init__(
-        self,
-        feature_dim: int,
-        num_classes: int,
-        epochs_per_task: int = 10,
-        batch_size: int = 32,
-        optimizer: Literal["adamw", "adam", "sgd"] = "adam",
-        lr: float = 1e-2,
-        weight_decay: float = 0.0,
-        standardize_features: bool = False,
-        seed: int = 0,
-        name: str = "linear probe (joint, upper bound)",
-    ) -> None:
-        super().__init__(
-            feature_dim, num_classes, epochs_per_task=epochs_per_task, batch_size=batch_size,
-            optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-            standardize_features=standardize_features, seed=seed, name=name,
-        )
-        self.stream: ClassIncrementalStream | None = None
+    default_name = "linear probe (joint, upper bound)"
+    stream: ClassIncrementalStream | None = None  # set by prepare()
 
     def prepare(self, stream: ClassIncrementalStream, unlabelled: Tensor | None = None) -> None:
         self.stream = stream

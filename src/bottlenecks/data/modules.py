@@ -22,7 +22,7 @@ class ShapesDataModule(BottleneckDataModule):
         image_size: rendered image size in pixels (the encoder resizes as it needs).
         cooccurrence, label_noise, confounded, spurious_strength: dataset knobs,
             see :class:`~bottlenecks.data.shapes.ShapesDataset`.
-        encoder, cache_dir, batch_size, ...: see :class:`BottleneckDataModule`.
+        **kwargs: ``encoder``, ``cache_dir``, ``batch_size``, ...: see :class:`BottleneckDataModule`.
     """
 
     def __init__(
@@ -36,13 +36,7 @@ class ShapesDataModule(BottleneckDataModule):
         label_noise: float = 0.0,
         confounded: bool = False,
         spurious_strength: float = 0.9,
-        encoder: str | dict[str, Any] = "lite0",
-        cache_dir: str = ".cache/features",
-        batch_size: int = 256,
-        eval_batch_size: int = 1024,
-        encode_batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.dataset_args = dict(
@@ -53,10 +47,7 @@ class ShapesDataModule(BottleneckDataModule):
             confounded=confounded,
             spurious_strength=spurious_strength,
         )
-        super().__init__(
-            encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            encode_batch_size=encode_batch_size, num_workers=num_workers, seed=seed,
-        )
+        super().__init__(**kwargs)
 
     def make_dataset(self, split: str) -> ConceptDataset:
         from bottlenecks.data.shapes import ShapesDataset
@@ -112,6 +103,7 @@ class ImageFolderDataModule(BottleneckDataModule):
             see :class:`~bottlenecks.data.folder.ConceptImageFolder`.
         image_size: size images are resized to when loaded (the encoder resizes again
             to its own resolution).
+        **kwargs: ``encoder``, ``cache_dir``, ``batch_size``, ...: see :class:`BottleneckDataModule`.
     """
 
     def __init__(
@@ -126,13 +118,7 @@ class ImageFolderDataModule(BottleneckDataModule):
         image_size: int = 224,
         val_fraction: float = 0.1,
         data_seed: int = 0,
-        encoder: str | dict[str, Any] = "lite0",
-        cache_dir: str = ".cache/features",
-        batch_size: int = 256,
-        eval_batch_size: int = 1024,
-        encode_batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         self.folder_args = dict(
             root=root, csv=csv, image_column=image_column, label_column=label_column,
@@ -141,10 +127,7 @@ class ImageFolderDataModule(BottleneckDataModule):
         )
         self.val_fraction = val_fraction
         self.data_seed = data_seed
-        super().__init__(
-            encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            encode_batch_size=encode_batch_size, num_workers=num_workers, seed=seed,
-        )
+        super().__init__(**kwargs)
 
     def make_dataset(self, split: str) -> ConceptDataset:
         from bottlenecks.data.base import ConceptSubset, holdout_split
@@ -180,6 +163,7 @@ class CUBDataModule(BottleneckDataModule):
         val_fraction, data_seed: validation rows held out of the official train split.
         certainty_min, concept_filter, min_class_count, instance_labels: see
             :class:`~bottlenecks.data.cub.CUB200`.
+        **kwargs: ``encoder``, ``cache_dir``, ``batch_size``, ...: see :class:`BottleneckDataModule`.
     """
 
     def __init__(
@@ -192,23 +176,14 @@ class CUBDataModule(BottleneckDataModule):
         concept_filter: str = "majority",
         min_class_count: int = 10,
         instance_labels: bool = False,
-        encoder: str | dict[str, Any] = "lite0",
-        cache_dir: str = ".cache/features",
-        batch_size: int = 256,
-        eval_batch_size: int = 1024,
-        encode_batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         self.cub_args = dict(
             root=root, image_size=image_size, val_fraction=val_fraction, seed=data_seed,
             certainty_min=certainty_min, concept_filter=concept_filter, min_class_count=min_class_count,
             instance_labels=instance_labels,
         )
-        super().__init__(
-            encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            encode_batch_size=encode_batch_size, num_workers=num_workers, seed=seed,
-        )
+        super().__init__(**kwargs)
 
     def make_dataset(self, split: str) -> ConceptDataset:
         from bottlenecks.data.cub import CUB200
