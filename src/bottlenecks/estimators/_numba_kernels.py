@@ -228,6 +228,26 @@ if _HAVE_NUMBA:
                 hi = mid
         return lo
 
+    @njit(cache=True, inline="always")
+    def _scan_members(p0, p1, mu, mv, ui, vi, bd, bi, k):
+        """Insert members p0..p1-1 into the sorted k+1 best (Chebyshev distance, index) lists."""
+        for p in range(p0, p1):
+            du = mu[p] - ui
+            if du < 0:
+                du = -du
+            dv = mv[p] - vi
+            if dv < 0:
+                dv = -dv
+            d = du if du > dv else dv
+            if d < bd[k]:
+                s = k
+                while s > 0 and bd[s - 1] > d:
+                    bd[s] = bd[s - 1]
+                    bi[s] = bi[s - 1]
+                    s -= 1
+                bd[s] = d
+                bi[s] = p
+
     @njit(cache=True)
     def _knn_2d(u, v, order_u, order_v, k, occupancy):
         """Grid k-NN; cells are equal-mass in each coordinate (by rank), searched ring by ring."""
@@ -296,22 +316,7 @@ if _HAVE_NUMBA:
             a_lo = a0 - 1 if a0 > 0 else 0
             a_hi = a0 + 1 if a0 < g - 1 else g - 1
             for a in range(a_lo, a_hi + 1):
-                for p in range(start[a * g + b_lo], start[a * g + b_hi + 1]):
-                    du = mu[p] - ui
-                    if du < 0:
-                        du = -du
-                    dv = mv[p] - vi
-                    if dv < 0:
-                        dv = -dv
-                    d = du if du > dv else dv
-                    if d < bd[k]:
-                        s = k
-                        while s > 0 and bd[s - 1] > d:
-                            bd[s] = bd[s - 1]
-                            bi[s] = bi[s - 1]
-                            s -= 1
-                        bd[s] = d
-                        bi[s] = p
+                _scan_members(start[a * g + b_lo], start[a * g + b_hi + 1], mu, mv, ui, vi, bd, bi, k)
             r = 1
             while True:
                 # lower bound on the distance to every sample outside the (2r+1)^2 block:
@@ -337,22 +342,7 @@ if _HAVE_NUMBA:
                     while b <= b0 + r:
                         if 0 <= b < g:
                             c = a * g + b
-                            for p in range(start[c], start[c + 1]):
-                                du = mu[p] - ui
-                                if du < 0:
-                                    du = -du
-                                dv = mv[p] - vi
-                                if dv < 0:
-                                    dv = -dv
-                                d = du if du > dv else dv
-                                if d < bd[k]:
-                                    s = k
-                                    while s > 0 and bd[s - 1] > d:
-                                        bd[s] = bd[s - 1]
-                                        bi[s] = bi[s - 1]
-                                        s -= 1
-                                    bd[s] = d
-                                    bi[s] = p
+                            _scan_members(start[c], start[c + 1], mu, mv, ui, vi, bd, bi, k)
                         b += 1 if full else 2 * r
             eps[i] = bd[k]
             for s in range(k + 1):
