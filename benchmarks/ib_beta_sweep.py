@@ -85,7 +85,7 @@ def run_one(dataset: str, method: str, beta: float, epochs: int, seed: int) -> d
                             enable_model_summary=False, deterministic=True)
         t0 = time.perf_counter()
         trainer.fit(model, dm)
-        res = trainer.test(model, dm, ckpt_path="best", verbose=False, weights_only=False)[0]
+        res = trainer.test(model, dm, ckpt_path="best", verbose=False, weights_only=True)[0]
     compression = {"VIB": res.get("test/kl"), "CS-IB": res.get("test/cs_qmi")}.get(method)
     return {
         "dataset": dataset,

@@ -8,13 +8,72 @@ linked into the model and its bottleneck, so a config never repeats them.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from bottlenecks.data.datamodule import FeatureDataModule
 from bottlenecks.models.module import BottleneckModel
+
+
+class SafeTrainer(L.Trainer):
+    """A Lightning ``Trainer`` that never unpickles arbitrary objects from a checkpoint.
+
+    Every entry point that reads a checkpoint (``fit``/``validate``/``test``/``predict`` with
+    ``ckpt_path``) loads it with ``weights_only=True``: a checkpoint from someone else can hold
+    tensors and plain containers, never code. Asking for ``weights_only=False`` is an error.
+    """
+
+    def _safe(self, weights_only: bool | None) -> bool:
+        if weights_only is False:
+            raise ValueError(
+                "bottlenecks loads checkpoints with weights_only=True only: a checkpoint that needs "
+                "weights_only=False can run code when it is loaded"
+            )
+        return True
+
+    def fit(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> None:
+        return super().fit(*args, weights_only=self._safe(weights_only), **kwargs)
+
+    def validate(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        return super().validate(*args, weights_only=self._safe(weights_only), **kwargs)
+
+    def test(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        return super().test(*args, weights_only=self._safe(weights_only), **kwargs)
+
+    def predict(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        return super().predict(*args, weights_only=self._safe(weights_only), **kwargs)
+
+
+def checkpoint_to_test(trainer: L.Trainer) -> str | None:
+    """The checkpoint ``--test_after_fit`` evaluates: the best one, else the last one.
+
+    Only a file inside the checkpoint callback's own directory qualifies. The callback's
+    ``best_model_path`` is restored from a resumed checkpoint, which may come from anyone:
+    a path pointing elsewhere is ignored with a warning, never loaded.
+    """
+    cb = trainer.checkpoint_callback
+    if cb is None:
+        return None
+    root = Path(cb.dirpath).resolve() if cb.dirpath else None
+    for path in (cb.best_model_path, cb.last_model_path):
+        if not path:
+            continue
+        p = Path(path).resolve()
+        if root is None or root not in p.parents or not p.is_file():
+            warnings.warn(
+                f"not testing checkpoint {path!r}: it is not a file in this run's checkpoint "
+                f"directory {str(root)!r} (a resumed checkpoint named it)",
+                stacklevel=2,
+            )
+            continue
+        return str(p)
+    return None
 
 
 class BottlenecksCLI(LightningCLI):
@@ -50,11 +109,8 @@ class BottlenecksCLI(LightningCLI):
         sub = self.config[self.subcommand]
         if not sub.get("test_after_fit") or self.trainer.interrupted:
             return
-        ckpt = None
-        cb = self.trainer.checkpoint_callback
-        if cb is not None:
-            ckpt = cb.best_model_path or cb.last_model_path or None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=False, verbose=False)
+        ckpt = checkpoint_to_test(self.trainer)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
 
 
 def _ensure_init_args(node: Any) -> None:
@@ -81,10 +137,22 @@ def main(args: list[str] | None = None) -> None:
             FeatureDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            trainer_class=SafeTrainer,
             save_config_kwargs={"overwrite": False},
             args=args,
             auto_configure_optimizers=False,
         )
+    except pickle.UnpicklingError as err:
+        if os.environ.get("BOTTLENECKS_DEBUG"):
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(
+            "bottlenecks: error: refused to load a checkpoint: it holds objects other than tensors and "
+            "plain data, and loading those could run code (bottlenecks only loads with "
+            f"weights_only=True). Details: {first.split('. In PyTorch')[0]}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
         if os.environ.get("BOTTLENECKS_DEBUG"):
             raise
