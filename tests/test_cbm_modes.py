@@ -111,7 +111,7 @@ def test_hard_concepts_reach_the_head_as_zeros_and_ones(data):
     with torch.no_grad():
         out = model.bottleneck(model.norm(x[1800:]))
     assert set(out.z.unique().tolist()) <= {0.0, 1.0}
-    assert ((out.extras["probs"] > 0) & (out.extras["probs"] < 1)).all()
+    assert ((out.probs > 0) & (out.probs < 1)).all()
     # straight-through: the thresholded z still passes gradients to the predictor
     model.train()
     out = model.bottleneck(model.norm(x[:8]))

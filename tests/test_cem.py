@@ -35,16 +35,16 @@ def test_random_interventions_only_while_training():
     c[0, 2] = float("nan")
     out = b(h, concepts=c)  # training mode: every labelled concept replaced by its truth
     labelled = ~torch.isnan(c)
-    assert torch.equal(out.extras["probs"][labelled], c[labelled])
-    assert out.extras["probs"][0, 2] == torch.sigmoid(out.concepts[0, 2])
+    assert torch.equal(out.probs[labelled], c[labelled])
+    assert out.probs[0, 2] == torch.sigmoid(out.concepts[0, 2])
     assert int(b.concept_labels_seen) == int(labelled.sum())
     b.eval()
     out = b(h, concepts=c)  # eval: concepts alone do not intervene
-    assert torch.allclose(out.extras["probs"], torch.sigmoid(out.concepts))
+    assert torch.allclose(out.probs, torch.sigmoid(out.concepts))
     b.train()
     b.training_intervention_prob = 0.3
     torch.manual_seed(1)
-    hits = (b(h.repeat(50, 1), concepts=c.nan_to_num().repeat(50, 1)).extras["probs"] == c.nan_to_num().repeat(50, 1))
+    hits = (b(h.repeat(50, 1), concepts=c.nan_to_num().repeat(50, 1)).probs == c.nan_to_num().repeat(50, 1))
     assert 0.2 < hits.float().mean() < 0.4
 
 

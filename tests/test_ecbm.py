@@ -44,15 +44,15 @@ def test_exact_inference_matches_brute_force():
         out = b(h)
         py, pc = _brute_force(b, h)
         assert torch.allclose(out.z.exp(), py, atol=1e-5)
-        assert torch.allclose(out.extras["probs"], pc, atol=1e-5)
+        assert torch.allclose(out.probs, pc, atol=1e-5)
         # hard evidence c_1 := 1 is conditioning
         mask = torch.zeros(4, 3, dtype=torch.bool)
         mask[:, 1] = True
         out = b(h, concepts=torch.ones(4, 3), intervention_mask=mask)
         py, pc = _brute_force(b, h, fixed={1: 1.0})
         assert torch.allclose(out.z.exp(), py, atol=1e-5)
-        assert torch.allclose(out.extras["probs"], pc, atol=1e-5)
-        assert (out.extras["probs"][:, 1] == 1).all()
+        assert torch.allclose(out.probs, pc, atol=1e-5)
+        assert (out.probs[:, 1] == 1).all()
         # the global energy table is the network evaluated on every pair
         table = b.global_energy_table()
         c = b.configs()[5]
@@ -164,8 +164,8 @@ def test_bad_input_is_named():
         b(torch.randn(2, 8), concepts=torch.ones(2, 4), intervention_mask=torch.ones(2, 4, dtype=torch.bool))
     out = b(torch.randn(2, 8))
     with pytest.raises(ValueError, match="needs concept labels to train .* no 'concepts'"):
-        b.supervised_losses(out, {"y": torch.tensor([0, 1])})
+        b.loss_terms(out, {"y": torch.tensor([0, 1])})
     # NaN concept labels: rows with any NaN leave the global term, the concept term skips entries
-    losses = b.supervised_losses(out, {"y": torch.tensor([0, 1]),
+    losses = b.loss_terms(out, {"y": torch.tensor([0, 1]),
                                        "concepts": torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, 1.0]])})
     assert all(torch.isfinite(v) for v in losses.values())

@@ -202,7 +202,7 @@ def test_contrastive_vib_supervised_positives():
     layer = ContrastiveVIBBottleneck(8, 6, supervised_contrast=True)
     out = layer(torch.randn(10, 8))
     assert "contrastive" not in out.losses
-    sup = layer.supervised_losses(out, {"y": torch.arange(10) % 2})
+    sup = layer.loss_terms(out, {"y": torch.arange(10) % 2})
     assert sup["contrastive"].dim() == 0 and torch.isfinite(sup["contrastive"])
 
 

@@ -53,7 +53,7 @@ def test_intervention_replaces_probabilities(concept_arrays):
     mask = torch.zeros(4, 5, dtype=torch.bool)
     mask[:, 2] = True
     out = b(x[:4], concepts=c[:4], intervention_mask=mask)
-    assert torch.equal(out.extras["probs"][:, 2], c[:4, 2])
+    assert torch.equal(out.probs[:, 2], c[:4, 2])
     assert torch.equal(out.z[:, 0], torch.sigmoid(out.concepts[:, 0]))
     with pytest.raises(ValueError, match="shape"):
         b(x[:4], concepts=c[:4, :3], intervention_mask=mask)

@@ -54,7 +54,7 @@ def test_forward_is_nearest_code_with_straight_through_gradient():
     assert (vq.codebook.grad[0][used].abs().sum(-1) > 0).all()  # codebook loss reaches chosen codes
     assert (vq.codebook.grad[0][~used] == 0).all()
     assert set(out.losses) == {"codebook", "commitment"}
-    assert {"log_perplexity", "log_dead_fraction"} <= set(out.extras)
+    assert {"perplexity", "dead_fraction"} <= set(out.metrics)
 
 
 def test_heads_quantise_chunks_with_separate_or_shared_codebooks():

@@ -95,9 +95,20 @@ class BottlenecksCLI(LightningCLI):
             ("data.num_classes", "model.init_args.bottleneck.init_args.num_classes"),
             ("data.task", "model.init_args.task"),
             ("data.encoder_spec", "model.init_args.encoder"),
+            ("data.text_encoder_spec", "model.init_args.text_encoder"),
         ]
         for source, target in links:
             parser.link_arguments(source, target, apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # The CLI links the data's values (e.g. ``num_classes``) into every bottleneck that
+        # takes them; for one that does not, the link is skipped when the class is built, but
+        # the value is still recorded in the saved hyperparameters, which would then fail to
+        # rebuild the model from its checkpoint.
+        bottleneck = getattr(self.model, "hparams", {}).get("bottleneck")
+        if isinstance(bottleneck, dict):
+            _drop_unaccepted_init_args(bottleneck)
 
     def _dump_config(self) -> None:
         # Lightning writes linked values into the saved hyperparameters and expects every
@@ -111,6 +122,26 @@ class BottlenecksCLI(LightningCLI):
             return
         ckpt = checkpoint_to_test(self.trainer)
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
+
+
+def _drop_unaccepted_init_args(config: dict[str, Any]) -> None:
+    """Remove ``init_args`` entries the ``class_path`` class does not accept."""
+    import importlib
+    import inspect
+
+    path, init_args = config.get("class_path"), config.get("init_args")
+    if not isinstance(path, str) or not isinstance(init_args, dict) or "." not in path:
+        return
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in [k for k in init_args if k not in params]:
+        del init_args[key]
 
 
 def _ensure_init_args(node: Any) -> None:

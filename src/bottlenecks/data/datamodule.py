@@ -96,6 +96,8 @@ class FeatureDataModule(L.LightningDataModule):
     class_names: list[str] | None = None
     #: the frozen encoder that produced the features (None: the user's own features)
     encoder_spec: str | dict[str, Any] | None = None
+    #: the paired text encoder (concept sentences, unit naming), linked into the model
+    text_encoder_spec: str | dict[str, Any] | None = None
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0) -> None:
         super().__init__()
@@ -143,6 +145,11 @@ class BottleneckDataModule(FeatureDataModule):
     Args:
         encoder: encoder spec for :func:`bottlenecks.encoders.build_encoder`
             (``"lite0"``, ``"open_clip:ViT-B-32"``, ``{"name": ..., ...}``).
+        text_encoder: the paired text encoder for bottlenecks that read text (concept
+            sentences, naming units): a spec for :func:`bottlenecks.encoders.build_text_encoder`
+            (``"minilm"``, ``"open_clip:ViT-B-32"``); None when no bottleneck needs one. It
+            must embed into the same space as ``encoder`` when text and image vectors are
+            compared (open_clip's two towers).
         cache_dir: folder of the feature cache.
         batch_size / eval_batch_size: training / evaluation batch sizes.
         encode_batch_size: images per encoder forward pass when filling the cache.
@@ -153,6 +160,7 @@ class BottleneckDataModule(FeatureDataModule):
     def __init__(
         self,
         encoder: str | dict[str, Any] = "lite0",
+        text_encoder: str | dict[str, Any] | None = None,
         cache_dir: str = ".cache/features",
         batch_size: int = 256,
         eval_batch_size: int = 1024,
@@ -162,6 +170,7 @@ class BottleneckDataModule(FeatureDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
         self.encoder_spec = encoder
+        self.text_encoder_spec = text_encoder
         self.cache_dir = cache_dir
         self.encode_batch_size = encode_batch_size
         self.num_workers = num_workers
@@ -195,9 +204,9 @@ class BottleneckDataModule(FeatureDataModule):
     @property
     def encoder(self):  # noqa: ANN201 - FrozenEncoder
         if self._encoder is None:
-            from bottlenecks.encoders import build_encoder
+            from bottlenecks.encoders import shared_encoder
 
-            self._encoder = build_encoder(self.encoder_spec)
+            self._encoder = shared_encoder(self.encoder_spec)
         return self._encoder
 
     def _features(self, split: str) -> Tensor:

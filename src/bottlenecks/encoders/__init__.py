@@ -29,6 +29,8 @@ from bottlenecks.encoders.lite0 import Lite0Encoder, lite0_weights_path
 from bottlenecks.encoders.registry import (
     build_encoder,
     build_text_encoder,
+    shared_encoder,
+    shared_text_encoder,
     list_encoders,
     list_text_encoders,
     register_encoder,
@@ -54,6 +56,8 @@ __all__ = [
     "TorchvisionEncoder",
     "build_encoder",
     "build_text_encoder",
+    "shared_encoder",
+    "shared_text_encoder",
     "check_images",
     "default_cache_root",
     "identity_key",

@@ -139,3 +139,37 @@ def build_text_encoder(spec: str | Mapping[str, Any] | FrozenTextEncoder = "mini
     if not isinstance(enc, FrozenTextEncoder):
         raise TypeError(f"text encoder factory for {spec!r} returned {type(enc).__name__}")
     return enc
+
+
+_SHARED: dict[tuple[str, str], Any] = {}
+
+
+def _spec_key(spec: Any) -> str:
+    import json
+
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def shared_encoder(spec: str | Mapping[str, Any] | FrozenEncoder) -> FrozenEncoder:
+    """The one frozen encoder of a spec in this process.
+
+    The datamodule (which encodes the data and keys the feature cache by the encoder) and
+    the model (which encodes raw images at inference) both ask for it here, so a spec is
+    built once and both use the same instance.
+    """
+    if isinstance(spec, FrozenEncoder):
+        return spec
+    key = ("image", _spec_key(spec))
+    if key not in _SHARED:
+        _SHARED[key] = build_encoder(spec)
+    return _SHARED[key]
+
+
+def shared_text_encoder(spec: str | Mapping[str, Any] | FrozenTextEncoder) -> FrozenTextEncoder:
+    """The one frozen text encoder of a spec in this process (see :func:`shared_encoder`)."""
+    if isinstance(spec, FrozenTextEncoder):
+        return spec
+    key = ("text", _spec_key(spec))
+    if key not in _SHARED:
+        _SHARED[key] = build_text_encoder(spec)
+    return _SHARED[key]

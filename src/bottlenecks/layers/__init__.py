@@ -1,13 +1,14 @@
 """Bottleneck layers: every class maps features ``(batch, in_features)`` to a
 :class:`BottleneckOutput` (see :mod:`bottlenecks.layers.base`)."""
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput
+from bottlenecks.layers.base import CONCEPT_LOSS, Bottleneck, BottleneckOutput, ConceptLayer, Units
 from bottlenecks.layers.cem import ConceptEmbeddingBottleneck
-from bottlenecks.layers.codebook_features import CodebookFeatures, CodebookModel, insert_codebooks
+from bottlenecks.layers.codebook_features import CodebookFeatures
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
 from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from bottlenecks.layers.surgery import CodebookModel, insert_codebooks
 from bottlenecks.layers.stochastic import (
     ContrastiveVIBBottleneck,
     CSIBBottleneck,
@@ -16,8 +17,12 @@ from bottlenecks.layers.stochastic import (
 )
 
 __all__ = [
+    "CONCEPT_LOSS",
     "Bottleneck",
     "BottleneckOutput",
+    "ConceptLayer",
+    "Units",
+    "insert_codebooks",
     "CSIBBottleneck",
     "CodebookFeatures",
     "CodebookModel",
@@ -32,4 +37,21 @@ __all__ = [
     "NoisyBottleneck",
     "ResidualVectorQuantizer",
     "VectorQuantizer",
+]
+
+#: every bottleneck class of the package (for tests and tools that enumerate them)
+BOTTLENECKS = [
+    ConceptBottleneck,
+    ConceptEmbeddingBottleneck,
+    EnergyConceptBottleneck,
+    IdentityBottleneck,
+    VectorQuantizer,
+    ResidualVectorQuantizer,
+    FiniteScalarQuantizer,
+    CodebookFeatures,
+    DiscreteKeyValueBottleneck,
+    GaussianBottleneck,
+    CSIBBottleneck,
+    ContrastiveVIBBottleneck,
+    NoisyBottleneck,
 ]

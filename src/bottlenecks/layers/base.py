@@ -1,18 +1,47 @@
 """The bottleneck contract every layer in :mod:`bottlenecks.layers` follows.
 
 A bottleneck maps encoder features ``h`` of shape ``(batch, in_features)`` to a
-:class:`BottleneckOutput`: the tensor ``z`` the task head reads, named unweighted
-auxiliary losses, and the *readable units* — concept logits or discrete code
-indices. Analysis, metrics and editing speak to this contract only.
+:class:`BottleneckOutput`. Everything else a bottleneck may do is a hook declared
+here, on :class:`Bottleneck`, with a default and a docstring; the model, the training
+stages, analysis and editing call these hooks and never look for attributes by name.
+
+=============================  ==============================================================
+hook                           default / meaning
+=============================  ==============================================================
+``forward(h, concepts, mask)`` required: features → :class:`BottleneckOutput`
+``units()``                    the readable units (:class:`Units`): ``z``'s dimensions
+``unit_activations(out)``      ``(batch, n_units)`` activations of the units: ``out.z``
+``loss_terms(out, batch)``     every auxiliary loss, unweighted, by name: ``out.losses``
+``predicts_task``              False: ``z`` is read by a head (True: ``z`` is the output)
+``optimizer_param_groups()``   ``[]``: no parameters need their own optimiser settings
+``needs_data_init()``          False: no data-dependent initialisation
+``init_from_data(h, ...)``     nothing: k-means keys, codebooks, CAV banks, ...
+``side_channel()``             None: no columns of ``z`` lie outside the readable units
+``side_channel_parameters()``  ``[]``: no parameters that train with the head
+``concept_supervision()``      None: the layer does not count concept labels
+=============================  ==============================================================
+
+Concept layers derive from :class:`ConceptLayer`, which fills in the concept side
+(units are the named concepts, read as probabilities after intervention; the concept
+loss; label counting). A new method is one subclass plus one YAML file.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+#: The name under which concept layers return their concept loss; the model weights it
+#: with ``concept_loss_weight`` (the joint CBM's λ), every other term with ``loss_weights``.
+CONCEPT_LOSS = "concept_loss"
+
+UnitKind = Literal["concept", "code", "key", "latent", "sae"]
 
 
 @dataclass
@@ -20,44 +49,108 @@ class BottleneckOutput:
     """What a bottleneck returns.
 
     Attributes:
-        z: ``(batch, out_features)`` — what the head reads.
-        losses: named, *unweighted* auxiliary terms (scalars), e.g. ``"commitment"``,
-            ``"kl"``, ``"sparsity"``. The model multiplies each by its configured weight.
+        z: ``(batch, out_features)`` — what the head reads (or, when the bottleneck
+            :attr:`~Bottleneck.predicts_task`, the task output itself).
+        losses: named, *unweighted* auxiliary terms (scalars) that need no targets, e.g.
+            ``"commitment"``, ``"kl"``. Terms that need the batch's targets come from
+            :meth:`Bottleneck.loss_terms`; the model weights every term by name.
         concepts: ``(batch, n_concepts)`` concept logits, for concept bottlenecks.
+        probs: ``(batch, n_concepts)`` concept probabilities *after* intervention.
         codes: ``(batch, ...)`` integer code indices, for discrete bottlenecks.
-        extras: anything method-specific (probabilities after intervention,
-            usage counts, the stochastic sample's mean and scale, ...).
+        metrics: scalars to log (detached), e.g. ``"perplexity"``; the model logs each as
+            ``{stage}/{name}``, averaged over the epoch.
+        extras: what truly belongs to one method (energies, the stochastic sample's
+            mean and scale, per-batch code counts); nothing outside the layer relies on it.
     """
 
     z: Tensor
     losses: dict[str, Tensor] = field(default_factory=dict)
     concepts: Tensor | None = None
+    probs: Tensor | None = None
     codes: Tensor | None = None
+    metrics: dict[str, Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class Bottleneck(nn.Module):
-    """Base class of every bottleneck.
+@dataclass(frozen=True)
+class Units:
+    """The readable units of a bottleneck: what interventions, attribution, reports and
+    edits address.
 
-    Subclasses set ``in_features`` and ``out_features`` and implement
-    :meth:`forward`. Concept bottlenecks also set ``concept_names`` so that
-    metrics, interventions and edits can address units by name.
+    Attributes:
+        kind: ``"concept"`` (named concepts), ``"code"`` (codebook entries), ``"key"``
+            (key–value pairs), ``"latent"`` (dimensions of a continuous code) or ``"sae"``
+            (sparse-autoencoder units).
+        names: one name per unit, unique; column ``i`` of
+            :meth:`Bottleneck.unit_activations` is unit ``names[i]``.
+    """
+
+    kind: UnitKind
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(set(self.names)) != len(self.names):
+            dup = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise ValueError(f"unit names must be unique; repeated: {dup[:10]}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def index(self, unit: str | int) -> int:
+        """Column of ``unit`` (a name or an index); the error lists close matches."""
+        if isinstance(unit, bool) or not isinstance(unit, (int, str)):
+            raise TypeError(f"a unit is a name or an index, got {type(unit).__name__} {unit!r}")
+        if isinstance(unit, int):
+            if not -len(self.names) <= unit < len(self.names):
+                raise ValueError(f"{self.kind} index {unit} is out of range for {len(self.names)} {self.kind}s")
+            return unit % len(self.names)
+        try:
+            return self.names.index(unit)
+        except ValueError:
+            close = difflib.get_close_matches(unit, self.names, n=5)
+            hint = f"; close matches: {close}" if close else ""
+            shown = list(self.names[:12]) + (["..."] if len(self.names) > 12 else [])
+            raise ValueError(f"no {self.kind} named {unit!r}{hint} (the {self.kind}s are {shown})") from None
+
+    def indices(self, units: Iterable[str | int]) -> list[int]:
+        """Columns of several units."""
+        return [self.index(u) for u in units]
+
+
+class TextEncoder(Protocol):
+    """What :meth:`Bottleneck.init_from_data` may receive as ``text``: sentences → vectors."""
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:  # pragma: no cover - protocol
+        """``(len(texts), dim)`` embeddings."""
+        ...
+
+
+class Bottleneck(nn.Module):
+    """Base class of every bottleneck: the contract, with a default for every hook.
+
+    Subclasses set ``in_features`` and ``out_features`` and implement :meth:`forward`.
 
     ``forward(h, concepts=None, intervention_mask=None)``:
 
     * ``h`` — ``(batch, in_features)`` encoder features.
-    * ``concepts`` — ``(batch, n_concepts)`` ground-truth concept values in
-      ``[0, 1]`` (NaN where unlabelled), given during training for methods that
-      use them (CEM's random interventions, independent CBM) and at test time
-      as intervention values.
-    * ``intervention_mask`` — ``(batch, n_concepts)`` bool; where True, the
-      predicted concept is replaced by the value in ``concepts``.
-      Bottlenecks without concepts ignore both.
+    * ``concepts`` — ``(batch, n_concepts)`` ground-truth concept values in ``[0, 1]``
+      (NaN where unlabelled), given during training for methods that use them (CEM's
+      random interventions, independent CBM) and at test time as intervention values.
+    * ``intervention_mask`` — ``(batch, n_concepts)`` bool; where True, the predicted
+      concept is replaced by the value in ``concepts``. Bottlenecks without concepts
+      ignore both.
     """
 
     in_features: int
     out_features: int
     concept_names: list[str] | None = None
+    #: True when ``z`` already is the task output (class logits / log-probabilities or the
+    #: regression prediction): the model then uses no head of its own. A subclass may
+    #: override it with a property when it depends on the configuration.
+    predicts_task: bool = False
 
     def forward(  # pragma: no cover - abstract
         self,
@@ -71,17 +164,81 @@ class Bottleneck(nn.Module):
     def n_concepts(self) -> int:
         return 0 if self.concept_names is None else len(self.concept_names)
 
-    # ----------------------------------------------------------------- stages
+    # ------------------------------------------------------------------ units
+    def units(self) -> Units:
+        """The readable units. Default: the ``out_features`` dimensions of ``z``."""
+        return Units("latent", tuple(f"z{i}" for i in range(self.out_features)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        """``(batch, len(units()))`` activations of the units in an output. Default: ``out.z``."""
+        return out.z
+
+    @torch.no_grad()
+    def read_units(self, h: Tensor, batch_size: int = 4096) -> Tensor:
+        """Unit activations ``(n, n_units)`` for features ``h`` ``(n, in_features)``, in eval mode."""
+        was = self.training
+        self.eval()
+        try:
+            return torch.cat([self.unit_activations(self(h[s : s + batch_size])) for s in range(0, len(h), batch_size)])
+        finally:
+            self.train(was)
+
+    # ----------------------------------------------------------------- losses
+    def loss_terms(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every auxiliary loss of this step, unweighted, by name — the one loss channel.
+
+        Args:
+            out: this step's output.
+            batch: the batch (``"y"``, ``"concepts"``, ...) for terms that need targets.
+
+        Default: ``out.losses``. The model adds the task loss and weights each term.
+        """
+        return dict(out.losses)
+
+    # -------------------------------------------------------------- optimiser
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups with their own optimiser settings (each optimiser reads the keys it
+        knows); every parameter not listed joins the model's default group. Default: none."""
+        return []
+
+    # ------------------------------------------------------------------ stages
     def needs_data_init(self) -> bool:
         """True when :meth:`init_from_data` must run before training (k-means keys, ...)."""
         return False
 
-    def init_from_data(self, h: Tensor) -> None:
-        """Data-dependent initialisation from a sample of training features ``(n, in_features)``.
+    def init_from_data(
+        self,
+        h: Tensor,
+        concepts: Tensor | None = None,
+        y: Tensor | None = None,
+        text: TextEncoder | None = None,
+    ) -> None:
+        """Data-dependent initialisation, called once by the model at the start of fitting
+        when :meth:`needs_data_init` is True.
 
-        Called once by :class:`~bottlenecks.models.BottleneckModel` at the start of
-        fitting when :meth:`needs_data_init` is True.
+        Args:
+            h: ``(n, in_features)`` a sample of training features, as the layer sees them.
+            concepts: ``(n, n_concepts)`` their concept labels (NaN = unlabelled), when the
+                data has them.
+            y: ``(n,)`` their task targets.
+            text: the paired text encoder, when the data names one (concept naming, CAV
+                banks from sentences).
         """
+
+    def side_channel(self) -> slice | None:
+        """Columns of ``z`` that lie outside the readable units (a residual side channel).
+        Leakage analysis ablates them. Default: None."""
+        return None
+
+    def side_channel_parameters(self) -> list[str]:
+        """Names (relative to the bottleneck) of submodules that are not concept-supervised and
+        train with the head in staged (sequential / independent) training. Default: none."""
+        return []
+
+    def concept_supervision(self) -> int | None:
+        """How many labelled concept entries the layer saw while training; 0 means its
+        concept units carry names but no meaning. None: not counted (no concepts)."""
+        return None
 
     # ------------------------------------------------------------- validation
     def check_input(self, h: Tensor) -> None:
@@ -100,6 +257,107 @@ class Bottleneck(nn.Module):
         # one reduction first: a non-finite sum is rare, the full check only runs then
         if not torch.isfinite(h.sum()) and not torch.isfinite(h).all():
             raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
+
+
+# --------------------------------------------------------------------- concept layers
+def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy over labelled concept entries only (NaN = unlabelled).
+
+    Args:
+        logits: ``(batch, n_concepts)``.
+        target: ``(batch, n_concepts)`` in ``[0, 1]`` or NaN.
+    """
+    labelled = ~torch.isnan(target)
+    if not labelled.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[labelled], target[labelled])
+
+
+def check_intervention(
+    shape: tuple[int, int], concepts: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, Tensor] | tuple[None, None]:
+    """Validate an intervention and return ``(values, mask)`` ready to apply.
+
+    Args:
+        shape: ``(batch, n_concepts)`` of the layer's concept predictions.
+        concepts: ``(batch, n_concepts)`` values in ``[0, 1]``; NaN entries are never used.
+        mask: ``(batch, n_concepts)`` bool, or None for no intervention.
+
+    Returns:
+        ``(values, mask)`` with NaN values zeroed and masked out, or ``(None, None)``.
+    """
+    if mask is None:
+        return None, None
+    if concepts is None:
+        raise ValueError("an intervention_mask was given without concept values to intervene with")
+    if tuple(mask.shape) != tuple(shape) or tuple(concepts.shape) != tuple(shape):
+        raise ValueError(
+            f"intervention expects mask and values of shape {tuple(shape)} (batch, n_concepts), "
+            f"got mask {tuple(mask.shape)} and values {tuple(concepts.shape)}"
+        )
+    return torch.nan_to_num(concepts), mask.bool() & ~torch.isnan(concepts)
+
+
+def apply_intervention(probs: Tensor, concepts: Tensor | None, mask: Tensor | None) -> Tensor:
+    """Replace ``probs`` ``(batch, n_concepts)`` by ``concepts`` where ``mask`` is True."""
+    values, mask = check_intervention(tuple(probs.shape), concepts, mask)
+    if mask is None:
+        return probs
+    return torch.where(mask, values.to(probs.dtype), probs)
+
+
+class ConceptLayer(Bottleneck):
+    """Base of the concept bottlenecks: named concept units and their supervision.
+
+    * units: the named concepts, read as probabilities after intervention (``out.probs``);
+    * :meth:`loss_terms` adds the concept BCE under :data:`CONCEPT_LOSS` when the batch has
+      concept labels (NaN entries are skipped);
+    * a persistent ``concept_labels_seen`` counter of the labelled entries seen while
+      training (:meth:`concept_supervision`); interventions refuse a layer that saw none.
+
+    Subclasses call :meth:`_init_concepts` in ``__init__`` and :meth:`_count_labels` in
+    ``forward``, and return ``concepts`` (logits) and ``probs`` in their output.
+    """
+
+    def _init_concepts(self, concept_names: list[str] | None, n_concepts: int | None) -> list[str]:
+        self.concept_names = resolve_concept_names(concept_names, n_concepts, type(self).__name__)
+        self.register_buffer("concept_labels_seen", torch.zeros((), dtype=torch.long))
+        return self.concept_names
+
+    def _count_labels(self, concepts: Tensor | None) -> None:
+        if self.training and concepts is not None and int(self.concept_labels_seen) >= 0:
+            self.concept_labels_seen += (~torch.isnan(concepts)).sum().to(self.concept_labels_seen.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # Checkpoints written before the counter existed load with -1 ("unknown"), which the
+        # intervention API does not refuse.
+        key = prefix + "concept_labels_seen"
+        if key not in state_dict:
+            state_dict[key] = torch.tensor(-1, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def units(self) -> Units:
+        return Units("concept", tuple(self.concept_names or ()))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        if out.probs is None:
+            raise ValueError(f"{type(self).__name__} returned no concept probabilities")
+        return out.probs
+
+    def loss_terms(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        terms = super().loss_terms(out, batch)
+        target = batch.get("concepts")
+        if out.concepts is not None and target is not None:
+            if tuple(target.shape) != tuple(out.concepts.shape):
+                raise ValueError(
+                    f"the batch's concepts have shape {tuple(target.shape)} but {type(self).__name__} "
+                    f"predicts {tuple(out.concepts.shape)} (batch, n_concepts)"
+                )
+            terms[CONCEPT_LOSS] = masked_concept_bce(out.concepts, target)
+        return terms
+
+    def concept_supervision(self) -> int | None:
+        return int(self.concept_labels_seen)
 
 
 def resolve_concept_names(
@@ -125,3 +383,14 @@ def check_concept_names(names: list[str] | None, n: int, what: str = "concepts")
         dup = sorted({x for x in names if names.count(x) > 1})
         raise ValueError(f"concept names must be unique; repeated: {dup}")
     return names
+
+
+def one_hot_units(codes: Tensor, n_units: int, offsets: Tensor | None = None) -> Tensor:
+    """Activation table of discrete units: ``(batch, n_units)`` counts of each unit's index in
+    ``codes`` ``(batch, slots)`` (plus a per-slot ``offsets`` ``(slots,)`` when each slot
+    indexes its own block of units)."""
+    idx = codes.reshape(codes.shape[0], -1)
+    if offsets is not None:
+        idx = idx + offsets.reshape(1, -1).to(idx.device)
+    act = torch.zeros(idx.shape[0], n_units, device=idx.device)
+    return act.scatter_add_(1, idx, torch.ones_like(idx, dtype=act.dtype))

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, resolve_concept_names
-from bottlenecks.layers.concept import ConceptLabelCounter, apply_intervention
+from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, apply_intervention
+from bottlenecks.layers.blocks import hidden_layers
 
 
-class ConceptEmbeddingBottleneck(Bottleneck, ConceptLabelCounter):
+class ConceptEmbeddingBottleneck(ConceptLayer):
     """Concept embedding bottleneck: a pair of embeddings per concept mixed by its probability.
 
     Args:
@@ -43,7 +43,7 @@ class ConceptEmbeddingBottleneck(Bottleneck, ConceptLabelCounter):
             gives each concept its own.
 
     Shapes: ``h (batch, in_features)`` → ``z (batch, n_concepts * embedding_dim)``;
-    ``concepts`` logits ``(batch, n_concepts)``; ``extras["probs"]`` the probabilities
+    ``concepts`` logits ``(batch, n_concepts)``; ``probs`` the probabilities
     after intervention ``(batch, n_concepts)``; ``extras["embeddings"]`` the mixed
     embeddings ``(batch, n_concepts, embedding_dim)``.
 
@@ -64,29 +64,22 @@ class ConceptEmbeddingBottleneck(Bottleneck, ConceptLabelCounter):
         shared_scorer: bool = True,
     ) -> None:
         super().__init__()
-        names = resolve_concept_names(concept_names, n_concepts, "ConceptEmbeddingBottleneck")
-        n = len(names)
+        n = len(self._init_concepts(concept_names, n_concepts))
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if not 0.0 <= training_intervention_prob <= 1.0:
             raise ValueError(f"training_intervention_prob must lie in [0, 1], got {training_intervention_prob}")
-        self.concept_names = names
         self.in_features = int(in_features)
         self.embedding_dim = int(embedding_dim)
         self.out_features = n * self.embedding_dim
         self.training_intervention_prob = float(training_intervention_prob)
-        layers: list[nn.Module] = []
-        width = self.in_features
-        for w in hidden or []:
-            layers += [nn.Linear(width, w), nn.LeakyReLU()]
-            width = w
-        self.trunk = nn.Sequential(*layers)
+        self.trunk = nn.Sequential(*hidden_layers(self.in_features, hidden or [], "leaky_relu"))
+        width = int(hidden[-1]) if hidden else self.in_features
         # All 2·k generators as one linear map: (batch, width) → (batch, k, 2, m).
         self.generators = nn.Linear(width, n * 2 * self.embedding_dim)
         n_scorers = 1 if shared_scorer else n
         self.score_weight = nn.Parameter(torch.randn(n_scorers, 2 * self.embedding_dim) / (2 * self.embedding_dim) ** 0.5)
         self.score_bias = nn.Parameter(torch.zeros(n_scorers))
-        self._init_label_counter()
 
     def embeddings(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The positive and negative embeddings and the concept logits.
@@ -126,4 +119,4 @@ class ConceptEmbeddingBottleneck(Bottleneck, ConceptLabelCounter):
             probs = apply_intervention(probs, concepts, intervention_mask)
         mixed = probs.unsqueeze(-1) * pos + (1 - probs.unsqueeze(-1)) * neg
         z = rearrange(mixed, "b k m -> b (k m)")
-        return BottleneckOutput(z=z, concepts=logits, extras={"probs": probs, "embeddings": mixed})
+        return BottleneckOutput(z=z, concepts=logits, probs=probs, extras={"embeddings": mixed})

@@ -7,24 +7,20 @@ codes *and*, straight through, to ``h``. Optional unweighted losses pull codes a
 inputs together (``"reconstruction"``: codes towards ``sg[h]``; ``"commitment"``:
 ``h`` towards ``sg[codes]``).
 
-:func:`insert_codebooks` puts codebooks into any ``nn.Module`` at submodules named
-by their dotted path (``"blocks.0.mlp"``) with forward hooks — no hand-editing of
-the network. The returned :class:`CodebookModel` records the codes of every forward
-pass, can bypass the codebooks, and can force or suppress codes at inference.
-:func:`find_codes` and :func:`code_purity` relate codes to conditions and labels.
+:func:`~bottlenecks.layers.surgery.insert_codebooks` puts codebooks into any
+``nn.Module`` at submodules named by their dotted path (``"blocks.0.mlp"``) with
+forward hooks; :func:`~bottlenecks.analysis.codes.find_codes` and
+:func:`~bottlenecks.analysis.codes.code_purity` relate codes to conditions and labels.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
-from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput
-from bottlenecks.layers.quantize import Distance, code_similarity, kmeans, nearest_codes, perplexity, reseed_codes
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
+from bottlenecks.layers.codes import Distance, code_similarity, kmeans, nearest_codes, perplexity, reseed_codes
 
 
 class CodebookFeatures(Bottleneck):
@@ -50,8 +46,9 @@ class CodebookFeatures(Bottleneck):
         usage_decay: decay of that running usage.
 
     Output: ``z`` ``(batch, in_features)``, ``codes`` ``(batch, k)`` (most similar first),
-    losses ``"reconstruction"`` and ``"commitment"`` (unweighted), extras ``counts``
-    ``(1, K)`` and ``log_perplexity``.
+    losses ``"reconstruction"`` and ``"commitment"`` (unweighted), metric ``perplexity``,
+    extras ``counts`` ``(1, K)``. Units: the ``K`` codes, active (1) in the examples that
+    chose them.
     """
 
     def __init__(
@@ -99,7 +96,9 @@ class CodebookFeatures(Bottleneck):
         return self.kmeans_init and not bool(self.initialised)
 
     @torch.no_grad()
-    def init_from_data(self, h: Tensor) -> None:
+    def init_from_data(
+        self, h: Tensor, concepts: Tensor | None = None, y: Tensor | None = None, text: TextEncoder | None = None
+    ) -> None:
         """k-means codes from hidden vectors ``(n, in_features)``, ``n >= codebook_size``."""
         self.check_input(h)
         if h.shape[0] < self.codebook_size:
@@ -146,8 +145,15 @@ class CodebookFeatures(Bottleneck):
         counts = torch.bincount(idx.reshape(-1), minlength=self.codebook_size).unsqueeze(0).to(h.dtype)
         if self.training:
             self._track_usage(h.detach(), counts[0])
-        extras = {"counts": counts, "log_perplexity": perplexity(counts)}
-        return BottleneckOutput(z=z, losses=losses, codes=idx, extras=extras)
+        return BottleneckOutput(
+            z=z, losses=losses, codes=idx, metrics={"perplexity": perplexity(counts)}, extras={"counts": counts}
+        )
+
+    def units(self) -> Units:
+        return Units("code", tuple(f"code{k}" for k in range(self.codebook_size)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        return one_hot_units(out.codes, self.codebook_size)
 
     @torch.no_grad()
     def _track_usage(self, h: Tensor, counts: Tensor) -> None:
@@ -191,234 +197,11 @@ class CodebookFeatures(Bottleneck):
         self.suppressed.zero_()
 
 
-# --------------------------------------------------------------------------- hooks
-def _key(name: str) -> str:
-    return name.replace(".", "__")
 
 
-def _infer_width(module: nn.Module, name: str) -> int:
-    if isinstance(module, nn.Sequential):  # the last child that changes the width decides
-        for child in reversed(list(module)):
-            try:
-                return _infer_width(child, name)
-            except ValueError:
-                continue
-    for attr in ("out_features", "embedding_dim", "hidden_size", "d_model"):
-        if isinstance(getattr(module, attr, None), int):
-            return int(getattr(module, attr))
-    shape = getattr(module, "normalized_shape", None)
-    if shape is not None:
-        return int(shape[-1])
-    raise ValueError(
-        f"cannot tell the output width of layer {name!r} ({type(module).__name__}); pass "
-        f"widths={{{name!r}: WIDTH}}"
-    )
-
-
-class CodebookModel(nn.Module):
-    """A network with codebooks inserted at named layers through forward hooks.
-
-    The wrapped network is unchanged; each hooked layer's output (a tensor
-    ``(..., width)`` or a tuple whose first item is one) is replaced by its codebook's
-    output. After every forward pass, :attr:`codes` maps each layer name to the active
-    codes ``(..., k)`` and :meth:`codebook_losses` gives the summed unweighted losses.
-
-    Built by :func:`insert_codebooks`. ``bypass=True`` leaves outputs untouched (codes
-    are still recorded).
-    """
-
-    def __init__(self, model: nn.Module, codebooks: dict[str, CodebookFeatures]) -> None:
-        super().__init__()
-        self.model = model
-        self.codebooks = nn.ModuleDict({_key(n): cb for n, cb in codebooks.items()})
-        self.layer_names = list(codebooks)
-        self.bypass = False
-        self.codes: dict[str, Tensor] = {}
-        self._losses: dict[str, dict[str, Tensor]] = {}
-        modules = dict(model.named_modules())
-        missing = [n for n in codebooks if n not in modules]
-        if missing:
-            raise ValueError(f"no submodule named {missing} in {type(model).__name__}")
-        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in codebooks]
-
-    def codebook(self, layer: str) -> CodebookFeatures:
-        """The codebook inserted at ``layer``."""
-        if _key(layer) not in self.codebooks:
-            raise KeyError(f"no codebook at layer {layer!r}; layers with codebooks: {self.layer_names}")
-        return self.codebooks[_key(layer)]  # type: ignore[return-value]
-
-    def _hook(self, name: str):  # noqa: ANN202
-        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            cb = self.codebooks[_key(name)]
-            hidden = output[0] if isinstance(output, tuple) else output
-            if not torch.is_tensor(hidden):
-                raise TypeError(f"layer {name!r} returned {type(hidden).__name__}; a codebook needs a tensor")
-            flat = hidden.reshape(-1, hidden.shape[-1])
-            if self.bypass:
-                self.codes[name] = cb.select(flat).reshape(*hidden.shape[:-1], cb.k)
-                self._losses[name] = {}
-                return None
-            out = cb(flat)
-            self.codes[name] = out.codes.reshape(*hidden.shape[:-1], cb.k)
-            self._losses[name] = out.losses
-            z = out.z.reshape(hidden.shape)
-            return (z, *output[1:]) if isinstance(output, tuple) else z
-
-        return hook
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self.codes, self._losses = {}, {}
-        return self.model(*args, **kwargs)
-
-    def codebook_losses(self) -> dict[str, Tensor]:
-        """Unweighted losses of the last forward pass, summed over layers by name."""
-        total: dict[str, Tensor] = {}
-        for losses in self._losses.values():
-            for name, value in losses.items():
-                total[name] = total[name] + value if name in total else value
-        return total
-
-    @contextmanager
-    def bypassed(self) -> Iterator[CodebookModel]:
-        """Context in which the codebooks leave every output untouched."""
-        prev, self.bypass = self.bypass, True
-        try:
-            yield self
-        finally:
-            self.bypass = prev
-
-    @contextmanager
-    def intervene(
-        self, layer: str, force: list[int] | None = None, suppress: list[int] | None = None
-    ) -> Iterator[CodebookModel]:
-        """Context forcing and/or suppressing codes of ``layer``; restored on exit."""
-        cb = self.codebook(layer)
-        saved = cb.forced.clone(), cb.suppressed.clone()
-        try:
-            if suppress:
-                cb.suppress(suppress)
-            if force:
-                cb.force(force)
-            yield self
-        finally:
-            cb.forced.copy_(saved[0])
-            cb.suppressed.copy_(saved[1])
-
-    def remove(self) -> nn.Module:
-        """Remove the hooks and return the original network."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        return self.model
-
-
-def insert_codebooks(
-    model: nn.Module,
-    layers: list[str],
-    codebook_size: int = 1024,
-    k: int = 8,
-    similarity: Distance = "cosine",
-    dead_code_threshold: float = 0.0,
-    widths: dict[str, int] | None = None,
-) -> CodebookModel:
-    """Insert a :class:`CodebookFeatures` after each named layer of ``model`` (forward hooks).
-
-    Args:
-        model: any network.
-        layers: dotted names of submodules (as in ``model.named_modules()``).
-        codebook_size, k, similarity, dead_code_threshold: settings of every codebook
-            (see :class:`CodebookFeatures`).
-        widths: output width per layer where it cannot be read from the module
-            (``out_features``, ``embedding_dim``, ``normalized_shape``, ...).
-
-    Returns:
-        A :class:`CodebookModel` whose parameters are the network's plus the codebooks'.
-    """
-    if not layers:
-        raise ValueError("insert_codebooks needs at least one layer name")
-    modules = dict(model.named_modules())
-    widths = dict(widths or {})
-    books: dict[str, CodebookFeatures] = {}
-    for name in layers:
-        if name not in modules:
-            close = [n for n in modules if n and name.split(".")[-1] in n][:5]
-            raise ValueError(f"no submodule named {name!r} in {type(model).__name__}; similar names: {close}")
-        width = widths.get(name) or _infer_width(modules[name], name)
-        books[name] = CodebookFeatures(
-            width, codebook_size=codebook_size, k=k, similarity=similarity, dead_code_threshold=dead_code_threshold
-        )
-    return CodebookModel(model, books)
-
-
-# ------------------------------------------------------------------------ analysis
-def code_label_counts(codes: Tensor, labels: Tensor, codebook_size: int, num_labels: int) -> Tensor:
-    """Joint counts ``(codebook_size, num_labels)`` of code firings and labels.
-
-    Args:
-        codes: ``(n, k)`` (or ``(n,)``) active codes per example.
-        labels: ``(n,)`` int labels.
-    """
-    codes = codes.reshape(codes.shape[0], -1)
-    if labels.shape[0] != codes.shape[0]:
-        raise ValueError(f"codes have {codes.shape[0]} rows but labels have {labels.shape[0]}")
-    pairs = codes * num_labels + labels.long().unsqueeze(1)
-    return torch.bincount(pairs.reshape(-1), minlength=codebook_size * num_labels).view(codebook_size, num_labels)
-
-
-def code_purity(codes: Tensor, labels: Tensor, codebook_size: int, num_labels: int) -> tuple[float, Tensor]:
-    """How well codes identify labels.
-
-    Purity = (sum over codes of the count of its most frequent label) / (all firings):
-    1.0 when every code fires for one label only.
-
-    Args:
-        codes: ``(n, k)`` active codes; labels: ``(n,)``.
-
-    Returns:
-        ``(purity, majority)``: the purity and each code's majority label ``(codebook_size,)``
-        (-1 for codes that never fire).
-    """
-    joint = code_label_counts(codes, labels, codebook_size, num_labels)
-    best, majority = joint.max(1)
-    majority = torch.where(joint.sum(1) > 0, majority, torch.full_like(majority, -1))
-    return float(best.sum()) / max(1, int(joint.sum())), majority
-
-
-def find_codes(
-    codes: Tensor,
-    condition: Tensor,
-    codebook_size: int,
-    min_precision: float = 0.5,
-    min_count: int = 1,
-) -> list[dict[str, float]]:
-    """Codes that fire when ``condition`` holds.
-
-    Args:
-        codes: ``(n, k)`` active codes per example (e.g. ``CodebookModel.codes[layer]``
-            flattened to rows).
-        condition: ``(n,)`` bool, the property to look for.
-        codebook_size: number of codes.
-        min_precision: keep codes with ``P(condition | code fires) >= min_precision``.
-        min_count: keep codes that fire at least this often.
-
-    Returns:
-        ``[{"code", "precision", "recall", "count"}, ...]`` sorted by precision, then recall.
-    """
-    codes = codes.reshape(codes.shape[0], -1)
-    cond = condition.reshape(-1).bool()
-    if cond.shape[0] != codes.shape[0]:
-        raise ValueError(f"codes have {codes.shape[0]} rows but condition has {cond.shape[0]}")
-    fired = torch.bincount(codes.reshape(-1), minlength=codebook_size).float()
-    hits = torch.bincount(codes[cond].reshape(-1), minlength=codebook_size).float()
-    precision = hits / fired.clamp_min(1)
-    recall = hits / max(1, int(cond.sum()))
-    keep = (fired >= min_count) & (precision >= min_precision) & (hits > 0)
-    order = sorted(keep.nonzero().flatten().tolist(), key=lambda c: (-precision[c].item(), -recall[c].item()))
-    return [
-        {"code": c, "precision": precision[c].item(), "recall": recall[c].item(), "count": int(fired[c])}
-        for c in order
-    ]
-
+# Network surgery and code analysis live in their own modules; imported here for old import paths.
+from bottlenecks.analysis.codes import code_label_counts, code_purity, find_codes  # noqa: E402
+from bottlenecks.layers.surgery import CodebookModel, insert_codebooks  # noqa: E402
 
 __all__ = [
     "CodebookFeatures",

@@ -14,7 +14,7 @@ means compatible:
 
 Training minimises the three negative log-likelihoods (the paper's
 ``L_class + λ_c L_concept + λ_g L_global``; they are returned by
-:meth:`EnergyConceptBottleneck.supervised_losses` and weighted by the model's
+:meth:`EnergyConceptBottleneck.loss_terms` and weighted by the model's
 ``loss_weights`` under the names ``class_nll``, ``concept_nll`` and ``global_nll``).
 For ``L_global`` we normalise over *all* (concept vector, label) pairs, so the global
 energy is a proper joint model ``p(c, y) ∝ exp(−E_global(c, y))`` of the training
@@ -51,8 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, resolve_concept_names
-from bottlenecks.layers.concept import ConceptLabelCounter
+from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, check_intervention
 
 _LOGIT_CLAMP = 50.0
 
@@ -62,7 +61,7 @@ def _masked_logsumexp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
     return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=dim)
 
 
-class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
+class EnergyConceptBottleneck(ConceptLayer):
     """Energy-based concept bottleneck: class, concept and global energies; joint inference.
 
     Args:
@@ -83,7 +82,7 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
 
     Shapes: ``h (batch, in_features)`` → ``z = log p(y | x)`` ``(batch, num_classes)``;
     ``concepts`` the logits of ``p(c_k = 1 | x)`` ``(batch, n_concepts)``;
-    ``extras["probs"]`` those probabilities after intervention ``(batch, n_concepts)``,
+    ``probs`` those probabilities after intervention ``(batch, n_concepts)``,
     ``extras["class_energy"]`` ``(batch, num_classes)``, ``extras["concept_energy"]``
     ``(batch, n_concepts, 2)`` (energy of ``c_k = 0`` and ``c_k = 1``).
 
@@ -115,8 +114,7 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
         gradient_lr: float = 0.1,
     ) -> None:
         super().__init__()
-        names = resolve_concept_names(concept_names, n_concepts, "EnergyConceptBottleneck")
-        n = len(names)
+        n = len(self._init_concepts(concept_names, n_concepts))
         if num_classes is None or num_classes < 2:
             raise ValueError(f"EnergyConceptBottleneck needs num_classes >= 2, got {num_classes}")
         if inference not in ("auto", "exact", "gradient"):
@@ -125,7 +123,6 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
             raise ValueError(
                 f"global_objective must be 'auto', 'exact' or 'pseudo_likelihood', got {global_objective!r}"
             )
-        self.concept_names = names
         self.in_features = int(in_features)
         self.num_classes = int(num_classes)
         self.out_features = self.num_classes
@@ -169,7 +166,6 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
         self.global_v = nn.Parameter(torch.randn(K, d, H) / math.sqrt(K * d))
         self.global_u = nn.Linear(d, H)
         self.global_mlp = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(), nn.Linear(H, 1))
-        self._init_label_counter()
 
     # ---------------------------------------------------------------- energies
     def class_energy(self, h: Tensor) -> Tensor:
@@ -248,7 +244,9 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
     ) -> BottleneckOutput:
         self.check_input(h)
         self._count_labels(concepts)
-        values, mask = self._check_intervention(h, concepts, intervention_mask)
+        values, mask = check_intervention((h.shape[0], self.n_concepts), concepts, intervention_mask)
+        if values is not None:
+            values = values.to(h.dtype)
         e_cls = self.class_energy(h)
         e_con = self.concept_energy(h)
         extras: dict = {"class_energy": e_cls, "concept_energy": e_con}
@@ -267,25 +265,9 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
         probs = torch.sigmoid(logits)
         if mask is not None:
             probs = torch.where(mask, values, probs)
-        extras["probs"] = probs
-        return BottleneckOutput(z=log_py, concepts=logits.clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP), extras=extras)
-
-    def _check_intervention(
-        self, h: Tensor, concepts: Tensor | None, mask: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None]:
-        if mask is None:
-            return None, None
-        shape = (h.shape[0], self.n_concepts)
-        if concepts is None:
-            raise ValueError("an intervention_mask was given without concept values to intervene with")
-        if tuple(mask.shape) != shape or tuple(concepts.shape) != shape:
-            raise ValueError(
-                f"intervention expects mask and values of shape {shape} (batch, n_concepts), "
-                f"got mask {tuple(mask.shape)} and values {tuple(concepts.shape)}"
-            )
-        mask = mask.bool() & ~torch.isnan(concepts)
-        values = torch.nan_to_num(concepts).to(h.dtype)
-        return values, mask
+        return BottleneckOutput(
+            z=log_py, concepts=logits.clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP), probs=probs, extras=extras
+        )
 
     def _infer_exact(
         self, e_cls: Tensor, e_con: Tensor, table: Tensor, values: Tensor | None, mask: Tensor | None
@@ -358,8 +340,9 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
         return log_py.to(e_cls.dtype), logits.to(e_cls.dtype)
 
     # ----------------------------------------------------------------- losses
-    def supervised_losses(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The three ECBM negative log-likelihoods for a batch (unweighted).
+    def loss_terms(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The concept BCE of every concept layer plus the three ECBM negative log-likelihoods
+        for a batch (unweighted).
 
         * ``class_nll`` — ``−log p(y | x)`` under the class energy alone.
         * ``concept_nll`` — mean over labelled entries of ``−log p(c_k | x)`` under the
@@ -367,10 +350,11 @@ class EnergyConceptBottleneck(Bottleneck, ConceptLabelCounter):
         * ``global_nll`` — ``−log p(c, y)`` under the global energy (exact normaliser or
           pseudo-likelihood), over rows whose concepts are all labelled.
 
-        Called by :class:`~bottlenecks.models.module.BottleneckModel` while training.
+        Called by :class:`~bottlenecks.models.module.BottleneckModel` at every step.
         """
+        losses = super().loss_terms(out, batch)
         y = batch["y"].long()
-        losses = {"class_nll": F.cross_entropy(-out.extras["class_energy"], y)}
+        losses["class_nll"] = F.cross_entropy(-out.extras["class_energy"], y)
         c = batch.get("concepts")
         if c is None:
             raise ValueError(

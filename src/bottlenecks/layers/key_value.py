@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput
-from bottlenecks.layers.quantize import Distance, kmeans, nearest_codes
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
+from bottlenecks.layers.codes import Distance, kmeans, nearest_codes
 
 
 class DiscreteKeyValueBottleneck(Bottleneck):
@@ -63,8 +63,10 @@ class DiscreteKeyValueBottleneck(Bottleneck):
     the number of heads (``lr ≈ num_heads`` with plain SGD works on the digits stream).
 
     Extras: ``counts`` ``(num_heads, keys_per_head)`` key usage in this batch; the
-    buffer ``usage`` accumulates the counts of every training batch. Codes:
-    ``(batch, num_heads, top_k)`` indices of the fetched keys, nearest first.
+    buffer ``usage`` accumulates the counts of every training batch; metric
+    ``keys_used_fraction``. Codes: ``(batch, num_heads, top_k)`` indices of the fetched
+    keys, nearest first. Units: the ``num_heads * keys_per_head`` key–value pairs
+    (``head{c}/key{j}``), active (1) in the examples that fetch them.
     """
 
     def __init__(
@@ -177,8 +179,10 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         return not bool(self.keys_initialised)
 
     @torch.no_grad()
-    def init_from_data(self, h: Tensor) -> None:
-        """Set the keys from unlabelled features ``(n, in_features)`` and freeze them.
+    def init_from_data(
+        self, h: Tensor, concepts: Tensor | None = None, y: Tensor | None = None, text: TextEncoder | None = None
+    ) -> None:
+        """Set the keys from unlabelled features ``(n, in_features)`` (labels unused) and freeze them.
 
         ``n`` must be at least ``keys_per_head``. Usage counts restart from zero.
         """
@@ -244,11 +248,22 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         counts = torch.bincount(flat.reshape(-1), minlength=C * J).view(C, J).to(h.dtype)
         if self.training:
             self.usage += counts
-        extras: dict[str, Any] = {
-            "counts": counts,
-            "log_keys_used_fraction": (counts > 0).float().mean(),
-        }
-        return BottleneckOutput(z=z, codes=idx.permute(1, 0, 2), extras=extras)
+        return BottleneckOutput(
+            z=z,
+            codes=idx.permute(1, 0, 2),
+            metrics={"keys_used_fraction": (counts > 0).float().mean()},
+            extras={"counts": counts},
+        )
+
+    def units(self) -> Units:
+        return Units(
+            "key", tuple(f"head{c}/key{j}" for c in range(self.num_heads) for j in range(self.keys_per_head))
+        )
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        C, J, k = self.num_heads, self.keys_per_head, self.top_k
+        offsets = (torch.arange(C, device=out.codes.device) * J).repeat_interleave(k)
+        return one_hot_units(out.codes, C * J, offsets)
 
     # -------------------------------------------------------------- optimiser
     def optimizer_param_groups(self) -> list[dict[str, Any]]:

@@ -11,174 +11,22 @@
   bounded scalars and round each to one of ``L_i`` levels; no codebook to learn,
   no auxiliary loss.
 
-The shared primitives below (:func:`nearest_codes`, :func:`kmeans`) are used by the
-codebook-features and key-value bottlenecks too. Distances are computed as
-``||x||² - 2 x·c + ||c||²`` — one ``addmm``/``baddbmm`` per cache-sized block of rows,
-the ``||x||²`` term dropped (it does not change which code is nearest) — so no
-``(n, K, d)`` tensor is ever built; EMA statistics use ``index_add_``/``bincount``.
+Nearest-code search and k-means are shared with the codebook-features and key–value
+bottlenecks (:mod:`bottlenecks.layers.codes`); EMA statistics use
+``index_add_``/``bincount``. Units: every code of every codebook (:meth:`units`), active
+in an example when it was chosen for it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput
-
-Distance = Literal["euclidean", "cosine"]
-_DISTANCES = ("euclidean", "cosine")
-
-
-# --------------------------------------------------------------------------- primitives
-def code_similarity(x: Tensor, codebook: Tensor, distance: Distance = "euclidean") -> Tensor:
-    """Scores that are larger for nearer codes, in one batched matmul.
-
-    Args:
-        x: ``(groups, n, d)`` vectors (already L2-normalised for ``"cosine"``).
-        codebook: ``(groups, K, d)`` codes (already L2-normalised for ``"cosine"``).
-        distance: ``"euclidean"`` gives ``2 x·c - ||c||²`` (= ``||x||² - ||x - c||²``);
-            ``"cosine"`` gives ``x·c``.
-
-    Returns:
-        ``(groups, n, K)`` scores.
-    """
-    ct = codebook.transpose(1, 2)
-    if distance == "cosine":
-        return torch.bmm(x, ct) if x.shape[0] > 1 else torch.mm(x[0], ct[0]).unsqueeze(0)
-    neg_sq = codebook.pow(2).sum(-1).neg_()  # (G, K)
-    if x.shape[0] == 1:
-        return torch.addmm(neg_sq[0], x[0], ct[0], alpha=2.0).unsqueeze(0)
-    return torch.baddbmm(neg_sq.unsqueeze(1), x, ct, alpha=2.0)
-
-
-def nearest_codes(
-    x: Tensor,
-    codebook: Tensor,
-    k: int = 1,
-    distance: Distance = "euclidean",
-    blocked: Tensor | None = None,
-    max_scores: int = 2**20,
-) -> Tensor:
-    """Indices of the ``k`` nearest codes of every vector.
-
-    Args:
-        x: ``(groups, n, d)`` vectors (L2-normalised for ``"cosine"``).
-        codebook: ``(groups, K, d)`` codes (L2-normalised for ``"cosine"``).
-        k: how many codes per vector (``k <= K``).
-        distance: ``"euclidean"`` or ``"cosine"``.
-        blocked: optional ``(groups, K)`` bool; True codes are never chosen.
-        max_scores: largest ``(groups, n, K)`` score block held at once (default 4 MB of
-            float32); bigger problems are scored block by block — same result, bounded
-            memory, and each block's argmax reads scores that are still in cache.
-
-    Returns:
-        ``(groups, n)`` int64 when ``k == 1``, else ``(groups, n, k)`` ordered nearest first.
-    """
-    G, n, _ = x.shape
-    K = codebook.shape[1]
-    if k > K:
-        raise ValueError(f"top-k with k={k} needs at least k codes, but the codebook has {K}")
-    with torch.no_grad():
-        if G * n * K <= max_scores or n == 0:
-            return _nearest(x, codebook, k, distance, blocked)
-        # bounded memory: score a block of groups × rows at a time
-        rows = max(1, max_scores // K)
-        out = torch.empty((G, n) if k == 1 else (G, n, k), dtype=torch.long, device=x.device)
-        g_step = max(1, rows // n)
-        for g in range(0, G, g_step):
-            gs = slice(g, g + g_step)
-            b = blocked[gs] if blocked is not None else None
-            r_step = max(1, rows // min(g_step, G - g))
-            for r in range(0, n, r_step):
-                out[gs, r : r + r_step] = _nearest(x[gs, r : r + r_step], codebook[gs], k, distance, b)
-        return out
-
-
-def _nearest(x: Tensor, codebook: Tensor, k: int, distance: Distance, blocked: Tensor | None) -> Tensor:
-    scores = code_similarity(x, codebook, distance)
-    if blocked is not None:
-        scores.masked_fill_(blocked.unsqueeze(1), float("-inf"))
-    if k == 1:
-        return scores.argmax(-1)
-    return scores.topk(k, dim=-1).indices
-
-
-def kmeans(
-    x: Tensor,
-    k: int,
-    iters: int = 10,
-    distance: Distance = "euclidean",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Lloyd's k-means run independently in every group, batched over groups.
-
-    Centroids start at ``k`` distinct random samples; a centroid that loses all its
-    points keeps its previous position.
-
-    Args:
-        x: ``(groups, n, d)`` finite samples, ``n >= k``.
-        k: number of centroids.
-        iters: Lloyd iterations.
-        distance: ``"cosine"`` runs spherical k-means (unit-norm centroids).
-        generator: random source for the initial choice (default: torch's global RNG).
-
-    Returns:
-        ``(groups, k, d)`` centroids.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"kmeans expects samples of shape (groups, n, d), got {tuple(x.shape)}")
-    G, n, d = x.shape
-    if n < k:
-        raise ValueError(f"k-means with {k} centroids needs at least {k} samples, got {n}")
-    if not torch.isfinite(x).all():
-        raise ValueError("k-means samples contain NaN or inf; refusing to write them into a codebook")
-    x = x.detach().float()
-    if distance == "cosine":
-        x = F.normalize(x, dim=-1)
-    start = torch.rand(G, n, generator=generator, device=x.device).topk(k, dim=1).indices  # distinct
-    centroids = x.gather(1, start.unsqueeze(-1).expand(G, k, d)).clone()
-    offsets = (torch.arange(G, device=x.device) * k).unsqueeze(1)
-    flat_x = x.reshape(G * n, d)
-    for _ in range(iters):
-        assign = nearest_codes(x, centroids, 1, distance)  # (G, n)
-        flat = (assign + offsets).reshape(-1)
-        sums = torch.zeros(G * k, d, device=x.device).index_add_(0, flat, flat_x)
-        counts = torch.bincount(flat, minlength=G * k).to(x.dtype).unsqueeze(-1)
-        means = (sums / counts.clamp_min(1.0)).view(G, k, d)
-        if distance == "cosine":
-            means = F.normalize(means, dim=-1)
-        centroids = torch.where(counts.view(G, k, 1) > 0, means, centroids)
-    return centroids
-
-
-@torch.no_grad()
-def reseed_codes(codebook: Tensor, dead: Tensor, x: Tensor) -> Tensor:
-    """Overwrite dead codes in place with random input vectors (dead-code replacement).
-
-    Args:
-        codebook: ``(groups, K, d)`` codes, modified in place where ``dead``.
-        dead: ``(groups, K)`` bool.
-        x: ``(groups, m, d)`` finite inputs of the current batch.
-
-    Returns:
-        the ``(groups, K, d)`` random inputs drawn (only rows where ``dead`` were used).
-    """
-    G, K, d = codebook.shape
-    pick = torch.randint(x.shape[1], (G, K), device=x.device)
-    fresh = x.gather(1, pick.unsqueeze(-1).expand(G, K, d)).to(codebook.dtype)
-    codebook.copy_(torch.where(dead.unsqueeze(-1), fresh, codebook))
-    return fresh
-
-
-def perplexity(counts: Tensor) -> Tensor:
-    """``exp(entropy)`` of each row of code counts ``(groups, K)``, averaged over groups (scalar)."""
-    p = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
-    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
-    return ent.exp().mean()
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
+from bottlenecks.layers.codes import DISTANCES as _DISTANCES
+from bottlenecks.layers.codes import Distance, kmeans, nearest_codes, perplexity, reseed_codes
 
 
 # --------------------------------------------------------------------------- VQ
@@ -204,10 +52,12 @@ class VectorQuantizer(Bottleneck):
     decay ``usage_decay``); codes whose usage falls below ``dead_code_threshold`` are
     re-seeded from random inputs of the current batch (0 turns this off).
 
-    Usage statistics go to ``extras`` (the model logs ``log_*`` scalars):
-    ``log_perplexity`` (of this batch's code histogram), ``log_dead_fraction``
-    (fraction of codes chosen in none of the last ``dead_window`` training batches)
-    and ``counts`` ``(groups, codebook_size)``.
+    Usage statistics go to ``metrics`` (logged by the model): ``perplexity`` (of this
+    batch's code histogram) and ``dead_fraction`` (fraction of codes chosen in none of the
+    last ``dead_window`` training batches); ``extras["counts"]`` ``(groups, codebook_size)``.
+
+    Units: ``groups * codebook_size`` codes (``code{k}``, or ``head{g}/code{k}`` with one
+    codebook per head), activation = how often the code was chosen for the example.
 
     Args:
         in_features: width of the input features.
@@ -227,7 +77,7 @@ class VectorQuantizer(Bottleneck):
             is re-seeded; 0 disables replacement.
         usage_decay: decay of the running usage.
         dead_window: training batches without a hit after which a code counts as dead
-            in ``log_dead_fraction``.
+            in the ``dead_fraction`` metric.
         code_dim: when given, a learned ``Linear(in_features, heads * code_dim)`` maps the
             (frozen) features into the space that is quantised, so the representation can
             adapt to the task (the commitment loss then trains it); ``z`` is then
@@ -340,9 +190,11 @@ class VectorQuantizer(Bottleneck):
         return self.kmeans_init and not bool(self.initialised)
 
     @torch.no_grad()
-    def init_from_data(self, h: Tensor) -> None:
+    def init_from_data(
+        self, h: Tensor, concepts: Tensor | None = None, y: Tensor | None = None, text: TextEncoder | None = None
+    ) -> None:
         """k-means codes from a sample of features ``(n, in_features)``; ``n`` must be at least
-        ``codebook_size`` (times ``1 / heads`` with a shared codebook)."""
+        ``codebook_size`` (times ``1 / heads`` with a shared codebook). Labels are unused."""
         self.check_input(h)
         x = self._group(h.float())
         if x.shape[1] < self.codebook_size:
@@ -366,15 +218,16 @@ class VectorQuantizer(Bottleneck):
             self.ema_count.fill_(1.0)
 
     # ---------------------------------------------------------------- quantise
-    def quantize(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    def quantize(self, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor], Tensor]:
         """Quantise validated features.
 
         Args:
             h: ``(batch, in_features)``.
 
         Returns:
-            ``(z, codes, losses, extras)``: ``z`` ``(batch, out_features)`` with straight-through
-            gradients, ``codes`` ``(batch, heads)`` int64, unweighted losses and usage extras.
+            ``(z, codes, losses, metrics, counts)``: ``z`` ``(batch, out_features)`` with
+            straight-through gradients, ``codes`` ``(batch, heads)`` int64, unweighted losses,
+            usage metrics and the code counts ``(groups, codebook_size)`` of the batch.
         """
         n = h.shape[0]
         if not bool(self.initialised):
@@ -402,20 +255,27 @@ class VectorQuantizer(Bottleneck):
         counts = torch.bincount(flat.reshape(-1), minlength=G * K).view(G, K).to(h.dtype)
         if self.training:
             self._update(x.detach(), flat, counts)
-        extras = {
-            "counts": counts,
-            "log_perplexity": perplexity(counts),
-            "log_dead_fraction": self.dead_fraction(),
-        }
-        return self._ungroup(z, n), self._ungroup_codes(idx, n), losses, extras
+        metrics = {"perplexity": perplexity(counts), "dead_fraction": self.dead_fraction()}
+        return self._ungroup(z, n), self._ungroup_codes(idx, n), losses, metrics, counts
 
     def forward(
         self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None
     ) -> BottleneckOutput:
         """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, heads)``."""
         self.check_input(h)
-        z, codes, losses, extras = self.quantize(h)
-        return BottleneckOutput(z=z, losses=losses, codes=codes, extras=extras)
+        z, codes, losses, metrics, counts = self.quantize(h)
+        return BottleneckOutput(z=z, losses=losses, codes=codes, metrics=metrics, extras={"counts": counts})
+
+    def units(self) -> Units:
+        if self.groups == 1:
+            return Units("code", tuple(f"code{k}" for k in range(self.codebook_size)))
+        return Units("code", tuple(f"head{g}/code{k}" for g in range(self.groups) for k in range(self.codebook_size)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        offsets = None
+        if self.groups > 1:
+            offsets = torch.arange(self.groups, device=out.codes.device) * self.codebook_size
+        return one_hot_units(out.codes, self.groups * self.codebook_size, offsets)
 
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
@@ -530,7 +390,9 @@ class ResidualVectorQuantizer(Bottleneck):
         return any(s.needs_data_init() for s in self.stages)
 
     @torch.no_grad()
-    def init_from_data(self, h: Tensor) -> None:
+    def init_from_data(
+        self, h: Tensor, concepts: Tensor | None = None, y: Tensor | None = None, text: TextEncoder | None = None
+    ) -> None:
         """k-means each stage in turn on the residual the previous stages leave ``(n, in_features)``."""
         self.check_input(h)
         r = h.float()
@@ -547,24 +409,32 @@ class ResidualVectorQuantizer(Bottleneck):
         residual = h
         total = torch.zeros_like(h)
         codes, losses = [], {}
-        extras: dict[str, Tensor] = {}
+        metrics: dict[str, Tensor] = {}
         for i, stage in enumerate(self.stages):
-            zi, ci, li, ei = stage.quantize(residual)
+            zi, ci, li, mi, _ = stage.quantize(residual)
             q = zi.detach()  # the forward value of the straight-through output is the code
             total = total + q
             residual = residual - q
             codes.append(ci[:, 0])
             for name, value in li.items():
                 losses[name] = losses[name] + value if name in losses else value
-            extras[f"log_perplexity_{i}"] = ei["log_perplexity"]
-            extras[f"log_dead_fraction_{i}"] = ei["log_dead_fraction"]
-        extras["log_perplexity"] = torch.stack([extras[f"log_perplexity_{i}"] for i in range(len(self.stages))]).mean()
-        extras["log_dead_fraction"] = torch.stack(
-            [extras[f"log_dead_fraction_{i}"] for i in range(len(self.stages))]
-        ).mean()
-        extras["log_residual_mse"] = residual.detach().pow(2).mean()
+            for name, value in mi.items():
+                metrics[f"{name}_{i}"] = value
+        S = len(self.stages)
+        for name in ("perplexity", "dead_fraction"):
+            metrics[name] = torch.stack([metrics[f"{name}_{i}"] for i in range(S)]).mean()
+        metrics["residual_mse"] = residual.detach().pow(2).mean()
         z = h + (total - h).detach()
-        return BottleneckOutput(z=z, losses=losses, codes=torch.stack(codes, 1), extras=extras)
+        return BottleneckOutput(z=z, losses=losses, codes=torch.stack(codes, 1), metrics=metrics)
+
+    def units(self) -> Units:
+        K = self.stages[0].codebook_size
+        return Units("code", tuple(f"stage{s}/code{k}" for s in range(self.num_quantizers) for k in range(K)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        K = self.stages[0].codebook_size
+        offsets = torch.arange(self.num_quantizers, device=out.codes.device) * K
+        return one_hot_units(out.codes, self.num_quantizers * K, offsets)
 
 
 # --------------------------------------------------------------------------- FSQ
@@ -622,8 +492,19 @@ class FiniteScalarQuantizer(Bottleneck):
         self.check_input(h)
         q, codes = self.quantize_scalars(self.project_in(h))
         counts = torch.bincount(codes, minlength=self.codebook_size).unsqueeze(0).to(h.dtype)
-        extras = {"log_perplexity": perplexity(counts), "scalars": q.detach()}
-        return BottleneckOutput(z=self.project_out(q), codes=codes.unsqueeze(1), extras=extras)
+        return BottleneckOutput(
+            z=self.project_out(q),
+            codes=codes.unsqueeze(1),
+            metrics={"perplexity": perplexity(counts)},
+            extras={"scalars": q.detach()},
+        )
+
+    def units(self) -> Units:
+        """The implicit codebook's ``prod(levels)`` codes."""
+        return Units("code", tuple(f"code{k}" for k in range(self.codebook_size)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        return one_hot_units(out.codes, self.codebook_size)
 
     def codes_to_scalars(self, codes: Tensor) -> Tensor:
         """Code indices ``(n,)`` → their rounded scalars in ``[-1, 1]`` ``(n, D)``."""

@@ -4,7 +4,7 @@
   Gaussian ``q(z|h)`` → reparameterised sample; ``losses["kl"]`` = KL to the prior.
 * :class:`CSIBBottleneck` — Cauchy–Schwarz IB for regression (Yu et al. 2024): encoder →
   representation ``t`` (+ optional noise) → decoder → prediction; ``losses["cs_qmi"]`` =
-  ``I_CS(h; t)`` and, through ``supervised_losses``, ``"cs_prediction"`` =
+  ``I_CS(h; t)`` and, through ``loss_terms``, ``"cs_prediction"`` =
   ``D_CS(p(y|h) || q(y_hat|h))``. Its ``z`` *is* the prediction (``predicts_task = True``).
 * :class:`ContrastiveVIBBottleneck` — CVIB: a full branch and a unit-pruned compressed
   branch (Dai et al. 2018 gates) tied by InfoNCE; ``losses["kl"]`` (gate compression) and
@@ -25,27 +25,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottlenecks.estimators.kernel import BandwidthRule, bandwidth, conditional_cs_divergence, cs_qmi
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput
+from bottlenecks.estimators.kernel import BandwidthRule
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, Units
+from bottlenecks.layers.blocks import activation as make_activation
+from bottlenecks.layers.blocks import mlp
 from bottlenecks.losses.contrastive_vib import gate_compression, info_nce
+from bottlenecks.losses.cs_ib import CSIBLoss
 from bottlenecks.losses.vib import gaussian_kl, gaussian_log_prob, mixture_log_prob
 
 Activation = Literal["relu", "tanh", "gelu"]
-_ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
 def make_mlp(in_features: int, hidden: list[int], out_features: int, activation: Activation = "relu") -> nn.Sequential:
-    """``Linear → act → ... → Linear``; submodules are indexed so they can be hooked by name
-    (``encoder.0``, ``encoder.1``, ...)."""
-    if activation not in _ACTS:
-        raise ValueError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), _ACTS[activation]()]
-        width = h
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
+    """``Linear → act → ... → Linear`` whose submodules are hooked by name (``encoder.0``, ...)."""
+    return mlp(in_features, hidden, out_features, activation, sequential=True)  # type: ignore[return-value]
 
 
 class GaussianBottleneck(Bottleneck):
@@ -69,8 +62,8 @@ class GaussianBottleneck(Bottleneck):
         sample_eval: sample ``z`` at evaluation too.
 
     Output: ``z`` ``(batch, out_features)``; ``losses["kl"]`` scalar (batch mean, nats);
-    ``extras``: ``mu``, ``std`` ``(batch, out_features)``, ``kl_per_sample`` ``(batch,)``,
-    ``log_std_mean`` (logged by the model).
+    ``extras``: ``mu``, ``std`` ``(batch, out_features)``, ``kl_per_sample`` ``(batch,)``;
+    metric ``std_mean``. Units: the ``out_features`` latent dimensions, read as ``mu``.
     """
 
     def __init__(
@@ -135,8 +128,13 @@ class GaussianBottleneck(Bottleneck):
         return BottleneckOutput(
             z=z,
             losses={"kl": kl.mean()},
-            extras={"mu": mu, "std": std, "kl_per_sample": kl, "log_std_mean": std.mean().detach()},
+            metrics={"std_mean": std.mean().detach()},
+            extras={"mu": mu, "std": std, "kl_per_sample": kl},
         )
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        """The posterior means ``(batch, out_features)`` (the sample is noise around them)."""
+        return out.extras["mu"]
 
 
 class CSIBBottleneck(Bottleneck):
@@ -145,8 +143,9 @@ class CSIBBottleneck(Bottleneck):
     ``h`` → encoder MLP → ``t`` ``(batch, latent_dim)`` (+ ``noise_std`` Gaussian noise while
     training) → decoder MLP → ``y_hat`` ``(batch, out_features)``.
 
-    Losses (nats, unweighted): ``losses["cs_qmi"] = I_CS(h; t)`` (compression) and, from
-    :meth:`supervised_losses` (which the model calls with the batch),
+    Losses (nats, unweighted, computed by :class:`bottlenecks.losses.CSIBLoss`):
+    ``losses["cs_qmi"] = I_CS(h; t)`` (compression) and, from :meth:`loss_terms` (which the
+    model calls with the batch),
     ``"cs_prediction" = D_CS(p(y|h) || q(y_hat|h))``. Train with the model's
     ``task_loss_weight: 0`` to use the CS prediction term instead of MSE (the paper's
     objective), ``loss_weights: {cs_qmi: beta}``.
@@ -159,6 +158,8 @@ class CSIBBottleneck(Bottleneck):
         sigma_x, sigma_t, sigma_y, sigma_cond: kernel-width rules or floats (see
             :func:`bottlenecks.estimators.bandwidth` and :class:`bottlenecks.losses.CSIBLoss`;
             the defaults are explained in :mod:`bottlenecks.losses.cs_ib`).
+
+    Units: the ``latent_dim`` dimensions of ``t`` (``z`` is the prediction).
     """
 
     predicts_task = True
@@ -183,8 +184,9 @@ class CSIBBottleneck(Bottleneck):
         self.latent_dim = latent_dim
         self.noise_std = noise_std
         self.sigma_x, self.sigma_t, self.sigma_y, self.sigma_cond = sigma_x, sigma_t, sigma_y, sigma_cond
+        self.objective = CSIBLoss(sigma_x=sigma_x, sigma_t=sigma_t, sigma_y=sigma_y, sigma_cond=sigma_cond)
         self.encoder = make_mlp(in_features, list(hidden if hidden is not None else [64]), latent_dim, activation)
-        self.act = _ACTS[activation]()
+        self.act = make_activation(activation)
         self.decoder = make_mlp(latent_dim, list(decoder_hidden or []), out_features, activation)
 
     def forward(self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None) -> BottleneckOutput:
@@ -195,19 +197,22 @@ class CSIBBottleneck(Bottleneck):
         y_hat = self.decoder(t)
         losses = {}
         if h.shape[0] > 1:
-            losses["cs_qmi"] = cs_qmi(h, t, bandwidth(h, self.sigma_x), bandwidth(t, self.sigma_t))
+            losses["cs_qmi"] = self.objective.compression(h, t)
         return BottleneckOutput(z=y_hat, losses=losses, extras={"t": t, "h": h})
 
-    def supervised_losses(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``{"cs_prediction": D_CS(p(y|h) || q(y_hat|h))}`` for a batch with targets ``y``."""
-        h, y_hat = out.extras["h"], out.z
-        n = h.shape[0]
-        if n < 2:
-            return {}
-        y = batch["y"].reshape(n, -1).to(y_hat.dtype)
-        sx = bandwidth(h, self.sigma_cond)
-        sy = bandwidth(y, self.sigma_y)
-        return {"cs_prediction": conditional_cs_divergence(h, y, y_hat.reshape(n, -1), sx, sy)}
+    def loss_terms(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``cs_qmi`` and ``cs_prediction = D_CS(p(y|h) || q(y_hat|h))`` for a batch with targets ``y``."""
+        terms = super().loss_terms(out, batch)
+        h = out.extras["h"]
+        if h.shape[0] >= 2:
+            terms["cs_prediction"] = self.objective.prediction(h, batch["y"], out.z)
+        return terms
+
+    def units(self) -> Units:
+        return Units("latent", tuple(f"t{i}" for i in range(self.latent_dim)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        return out.extras["t"]
 
 
 class ContrastiveVIBBottleneck(Bottleneck):
@@ -221,7 +226,7 @@ class ContrastiveVIBBottleneck(Bottleneck):
     Losses: ``"kl"`` = ``sum_i log(1 + mu_i^2 / s_i^2)`` (Dai et al.'s compression bound);
     ``"contrastive"`` = InfoNCE between ``z_full`` and ``z`` (same example = positive; with
     ``supervised_contrast=True`` same *label* = positive, computed in
-    :meth:`supervised_losses`).
+    :meth:`loss_terms`).
 
     Args:
         in_features, out_features: widths. hidden: MLP widths of the full branch.
@@ -229,8 +234,8 @@ class ContrastiveVIBBottleneck(Bottleneck):
         prune_threshold: ``log alpha`` below which a unit is pruned at evaluation.
         supervised_contrast: use labels to define positives.
 
-    ``extras``: ``z_full``, ``gate_mu``, ``log_alpha`` ``(out_features,)`` and
-    ``log_active_units`` (logged).
+    ``extras``: ``z_full``, ``gate_mu``, ``log_alpha`` ``(out_features,)``; metric
+    ``active_units``. Units: the ``out_features`` gated dimensions of ``z``.
     """
 
     def __init__(
@@ -275,18 +280,15 @@ class ContrastiveVIBBottleneck(Bottleneck):
         return BottleneckOutput(
             z=z,
             losses=losses,
-            extras={
-                "z_full": z_full,
-                "gate_mu": self.gate_mu.detach(),
-                "log_alpha": self.log_alpha().detach(),
-                "log_active_units": self.active_units().sum().float().detach(),
-            },
+            metrics={"active_units": self.active_units().sum().float().detach()},
+            extras={"z_full": z_full, "gate_mu": self.gate_mu.detach(), "log_alpha": self.log_alpha().detach()},
         )
 
-    def supervised_losses(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        if not self.supervised_contrast or out.z.shape[0] < 2:
-            return {}
-        return {"contrastive": info_nce(out.extras["z_full"], out.z, self.temperature, batch["y"])}
+    def loss_terms(self, out: BottleneckOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        terms = super().loss_terms(out, batch)
+        if self.supervised_contrast and out.z.shape[0] >= 2:
+            terms["contrastive"] = info_nce(out.extras["z_full"], out.z, self.temperature, batch["y"])
+        return terms
 
 
 class NoisyBottleneck(Bottleneck):
@@ -321,7 +323,7 @@ class NoisyBottleneck(Bottleneck):
         self.noise_std = noise_std
         self.encoder = make_mlp(in_features, list(hidden or []), out_features, activation)
         if final_activation:
-            self.encoder.append(_ACTS[activation]())
+            self.encoder.append(make_activation(activation))
 
     def forward(self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None) -> BottleneckOutput:
         self.check_input(h)

@@ -9,58 +9,21 @@ encoder named by ``encoder`` first.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput
-from bottlenecks.layers.concept import mlp
+from bottlenecks.layers.base import CONCEPT_LOSS, Bottleneck, BottleneckOutput, masked_concept_bce
+from bottlenecks.layers.blocks import mlp
 
 Task = Literal["classification", "regression"]
 
-
-def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
-    """Binary cross-entropy over labelled concept entries only (NaN = unlabelled).
-
-    Args:
-        logits: ``(batch, n_concepts)``.
-        target: ``(batch, n_concepts)`` in ``[0, 1]`` or NaN.
-    """
-    labelled = ~torch.isnan(target)
-    if not labelled.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[labelled], target[labelled])
-
-
-def _drop_unaccepted_init_args(config: dict[str, Any]) -> None:
-    """Remove ``init_args`` entries the ``class_path`` class does not accept.
-
-    The CLI links the data's values (e.g. ``num_classes``) into every bottleneck that
-    takes them; for one that does not, the link is skipped when the class is built, but
-    Lightning still records the value in the saved hyperparameters, which would then
-    fail to rebuild the model from its checkpoint.
-    """
-    import importlib
-    import inspect
-
-    path, init_args = config.get("class_path"), config.get("init_args")
-    if not isinstance(path, str) or not isinstance(init_args, dict) or "." not in path:
-        return
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-        params = inspect.signature(cls.__init__).parameters
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    for key in [k for k in init_args if k not in params]:
-        del init_args[key]
+__all__ = ["BottleneckModel", "FeatureNorm", "masked_concept_bce"]
 
 
 class FeatureNorm(nn.Module):
@@ -95,11 +58,13 @@ class BottleneckModel(L.LightningModule):
         task: ``"classification"`` or ``"regression"`` (linked from the data by the CLI).
         num_classes: number of classes for classification (linked from the data).
         head_hidden: hidden widths of the default head (empty = linear).
-        concept_loss_weight: weight of the concept BCE (joint CBM's λ). Ignored when
-            the bottleneck has no concepts or the batch has no concept labels.
+        concept_loss_weight: weight of the concept BCE that concept layers return under
+            ``"concept_loss"`` (joint CBM's λ). Ignored when the bottleneck has no concepts or
+            the batch has no concept labels.
         task_loss_weight: weight of the task loss (0 trains the concepts alone).
-        loss_weights: weight of each auxiliary loss the bottleneck returns, by name;
-            a name not listed gets weight 1.
+        loss_weights: weight of each auxiliary loss the bottleneck returns
+            (:meth:`~bottlenecks.layers.base.Bottleneck.loss_terms`), by name; a name not
+            listed gets weight 1.
         standardize_features: standardise features with training-set statistics,
             computed once at fit start and kept in the checkpoint.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
@@ -108,6 +73,8 @@ class BottleneckModel(L.LightningModule):
         data_init_samples: how many training features ``bottleneck.init_from_data`` sees.
         encoder: the frozen encoder spec (linked from the data) used when the model is
             given raw images rather than features.
+        text_encoder: the paired text encoder spec (linked from the data), handed to
+            ``bottleneck.init_from_data`` for bottlenecks that read text.
     """
 
     def __init__(
@@ -128,15 +95,18 @@ class BottleneckModel(L.LightningModule):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         data_init_samples: int = 20000,
         encoder: str | dict[str, Any] | None = None,
+        text_encoder: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Built by the CLI, the hyperparameters are the config's plain class_path/init_args
         # mappings (checkpoints then reload with weights_only=True and rebuild the bottleneck);
         # built from Python, the modules themselves are not hyperparameters.
-        from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=[] if from_config else ["bottleneck", "head"])
-        if from_config and isinstance(self.hparams.get("bottleneck"), dict):
-            _drop_unaccepted_init_args(self.hparams["bottleneck"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        for key in ("bottleneck", "head"):
+            if isinstance(self.hparams.get(key), nn.Module):
+                del self.hparams[key]
         if not isinstance(bottleneck, Bottleneck):
             raise TypeError(f"bottleneck must be a bottlenecks Bottleneck, got {type(bottleneck).__name__}")
         if task not in ("classification", "regression"):
@@ -147,7 +117,7 @@ class BottleneckModel(L.LightningModule):
         self.task = task
         self.num_classes = num_classes
         n_out = num_classes if task == "classification" else 1
-        if head is None and getattr(bottleneck, "predicts_task", False):
+        if head is None and bottleneck.predicts_task:
             # The bottleneck's z already is the task output (e.g. ECBM's log p(y | x)).
             if bottleneck.out_features != n_out:
                 raise ValueError(
@@ -161,7 +131,7 @@ class BottleneckModel(L.LightningModule):
         self.task_loss_weight = task_loss_weight
         self.loss_weights = dict(loss_weights or {})
         self._encoder_spec = encoder
-        self.__dict__["_encoder"] = None  # built on first use, never a submodule
+        self._text_encoder_spec = text_encoder
         self._loss_sums: dict[str, dict[str, Tensor]] = {}
         self._loss_counts: dict[str, int] = {}
         self._build_metrics()
@@ -207,14 +177,13 @@ class BottleneckModel(L.LightningModule):
                 f"expected features (batch, {self.bottleneck.in_features}) or images (batch, 3, H, W), "
                 f"got shape {tuple(x.shape)}"
             )
-        if self._encoder is None:
-            if self._encoder_spec is None:
-                raise ValueError("this model was given images but has no encoder; pass features instead")
-            from bottlenecks.encoders import build_encoder
+        if self._encoder_spec is None:
+            raise ValueError("this model was given images but has no encoder; pass features instead")
+        from bottlenecks.encoders import shared_encoder
 
-            # kept out of the module tree: frozen weights are not part of the checkpoint
-            self.__dict__["_encoder"] = build_encoder(self._encoder_spec).to(x.device)
-        return self._encoder.encode(x)
+        # the data side's encoder instance, never a submodule: frozen weights are not part of
+        # the checkpoint
+        return shared_encoder(self._encoder_spec).to(x.device).encode(x)
 
     def forward(
         self,
@@ -244,24 +213,23 @@ class BottleneckModel(L.LightningModule):
             return F.cross_entropy(y_hat, y.long())
         return F.mse_loss(y_hat, y.float())
 
+    def loss_weight(self, name: str) -> float:
+        """The weight of an auxiliary loss term: ``concept_loss_weight`` for the concept loss,
+        ``loss_weights[name]`` (default 1) for every other term."""
+        return self.concept_loss_weight if name == CONCEPT_LOSS else self.loss_weights.get(name, 1.0)
+
     def compute_losses(self, batch: dict[str, Tensor], y_hat: Tensor, out: BottleneckOutput) -> dict[str, Tensor]:
-        """All loss terms (weighted) and their sum under ``"loss"``."""
-        terms: dict[str, Tensor] = {}
-        terms["task_loss"] = self.task_loss(y_hat, batch["y"])
+        """The task loss, every term of ``bottleneck.loss_terms`` (unweighted, by name) and
+        their weighted sum under ``"loss"``."""
+        terms: dict[str, Tensor] = {"task_loss": self.task_loss(y_hat, batch["y"])}
         total = self.task_loss_weight * terms["task_loss"]
-        c = batch.get("concepts")
-        if out.concepts is not None and c is not None and self.concept_loss_weight > 0:
-            terms["concept_loss"] = masked_concept_bce(out.concepts, c)
-            total = total + self.concept_loss_weight * terms["concept_loss"]
-        for name, value in out.losses.items():
+        for name, value in self.bottleneck.loss_terms(out, batch).items():
+            if name in ("task_loss", "loss"):
+                raise ValueError(f"{type(self.bottleneck).__name__} returned a loss named {name!r}, a reserved name")
             terms[name] = value
-            total = total + self.loss_weights.get(name, 1.0) * value
-        # Auxiliary terms that need the batch's targets (e.g. ECBM's energy likelihoods).
-        supervised = getattr(self.bottleneck, "supervised_losses", None)
-        if supervised is not None:
-            for name, value in supervised(out, batch).items():
-                terms[name] = value
-                total = total + self.loss_weights.get(name, 1.0) * value
+            weight = self.loss_weight(name)
+            if weight != 0:
+                total = total + weight * value
         terms["loss"] = total
         return terms
 
@@ -283,10 +251,9 @@ class BottleneckModel(L.LightningModule):
             target = batch["concepts"]
             target = torch.where(torch.isnan(target), torch.full_like(target, -1), target).long()
             self.concept_metrics[f"{stage}_"].update(out.concepts.detach().float(), target)
-        for key, value in out.extras.items():
-            if key.startswith("log_") and torch.is_tensor(value) and value.numel() == 1:
-                v = value.detach().float() * bs
-                sums[key[4:]] = sums[key[4:]] + v if key[4:] in sums else v
+        for name, value in out.metrics.items():
+            v = torch.as_tensor(value).detach().float().reshape(()) * bs
+            sums[name] = sums[name] + v if name in sums else v
         return terms["loss"]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -303,8 +270,8 @@ class BottleneckModel(L.LightningModule):
         pred: dict[str, Tensor] = {"y_hat": y_hat}
         if self.task == "classification":
             pred["y_pred"] = y_hat.argmax(-1)
-        if out.concepts is not None:
-            pred["concept_probs"] = torch.sigmoid(out.concepts)
+        if out.probs is not None:
+            pred["concept_probs"] = out.probs
         if out.codes is not None:
             pred["codes"] = out.codes
         if "index" in batch:
@@ -344,35 +311,64 @@ class BottleneckModel(L.LightningModule):
         """Named stages that need training data before the first step.
 
         * ``standardize``: feature statistics for :class:`FeatureNorm`.
-        * ``data_init``: ``bottleneck.init_from_data`` (k-means keys, codebooks, ...).
+        * ``data_init``: ``bottleneck.init_from_data`` (k-means keys, codebooks, ...) with the
+          sample's concept labels and targets where the data has them, and the paired text
+          encoder where the data names one.
         """
         need_norm = isinstance(self.norm, FeatureNorm) and not bool(self.norm.fitted)
         need_init = self.bottleneck.needs_data_init()
         if not (need_norm or need_init):
             return
-        h = self._sample_train_features(self.hparams.data_init_samples).to(self.device)
+        h, c, y = self._sample_train_data(self.hparams.data_init_samples)
+        h = h.to(self.device)
         if need_norm:
             self.norm.fit(h)
         if need_init:
-            self.bottleneck.init_from_data(self.norm(h))
+            text = None
+            if self._text_encoder_spec is not None:
+                from bottlenecks.encoders import shared_text_encoder
 
-    def _sample_train_features(self, n: int) -> Tensor:
+                text = shared_text_encoder(self._text_encoder_spec)
+            self.bottleneck.init_from_data(
+                self.norm(h),
+                concepts=None if c is None else c.to(self.device),
+                y=None if y is None else y.to(self.device),
+                text=text,
+            )
+
+    def _sample_train_data(self, n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Up to ``n`` training rows: features ``(n, in_features)``, concepts, targets."""
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "train_features"):
-            feats = dm.train_features()
-            if len(feats) > n:
-                g = torch.Generator().manual_seed(0)
-                feats = feats[torch.randperm(len(feats), generator=g)[:n]]
-            return torch.as_tensor(feats, dtype=torch.float32)
-        loader = dm.train_dataloader() if dm is not None else self.trainer.fit_loop._data_source.dataloader()
-        chunks, seen = [], 0
+        if dm is not None and hasattr(dm, "split"):
+            tr = dm.split("train")
+            idx = torch.arange(len(tr.x))
+            if len(idx) > n:
+                idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:n]
+            c = None if tr.concepts is None else torch.as_tensor(tr.concepts)[idx].float()
+            return torch.as_tensor(tr.x[idx], dtype=torch.float32), c, torch.as_tensor(tr.y)[idx]
+        if dm is not None:
+            loader = dm.train_dataloader()
+        else:
+            self.trainer.fit_loop.setup_data()
+            loader = self.trainer.train_dataloader
+        xs: list[Tensor] = []
+        cs: list[Tensor] = []
+        ys: list[Tensor] = []
+        seen = 0
         for batch in loader:
-            x = batch["x"] if isinstance(batch, dict) else batch[0]
-            chunks.append(self.encode(x.to(self.device)).float().cpu())
-            seen += len(chunks[-1])
+            if not isinstance(batch, dict):
+                batch = {"x": batch[0], "y": batch[1] if len(batch) > 1 else None}
+            xs.append(self.encode(batch["x"].to(self.device)).float().cpu())
+            if batch.get("concepts") is not None:
+                cs.append(batch["concepts"].float().cpu())
+            if batch.get("y") is not None:
+                ys.append(batch["y"].cpu())
+            seen += len(xs[-1])
             if seen >= n:
                 break
-        return torch.cat(chunks)[:n]
+        c = torch.cat(cs)[:n] if len(cs) == len(xs) else None
+        y = torch.cat(ys)[:n] if len(ys) == len(xs) else None
+        return torch.cat(xs)[:n], c, y
 
     # -------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
@@ -380,9 +376,8 @@ class BottleneckModel(L.LightningModule):
         params: list = [p for p in self.parameters() if p.requires_grad]
         # A bottleneck may ask for its own optimiser settings on some parameters (DKVB's
         # values: no momentum, no weight decay, so values that were not fetched stay put).
-        groups_of = getattr(self.bottleneck, "optimizer_param_groups", None)
-        if groups_of is not None:
-            special = [g for g in groups_of() if any(p.requires_grad for p in g["params"])]
+        special = [g for g in self.bottleneck.optimizer_param_groups() if any(p.requires_grad for p in g["params"])]
+        if special:
             taken = {id(p) for g in special for p in g["params"]}
             params = [{"params": [p for p in params if id(p) not in taken]}, *special]
         if hp.optimizer == "sgd":

@@ -123,8 +123,8 @@ class TrainingStages(Callback):
                     f"training stages {self.describe} need more than trainer.max_epochs={max_epochs} epochs"
                 )
         self._saved = {
-            "concept_loss_weight": getattr(pl_module, "concept_loss_weight", None),
-            "task_loss_weight": getattr(pl_module, "task_loss_weight", None),
+            "concept_loss_weight": pl_module.concept_loss_weight,
+            "task_loss_weight": pl_module.task_loss_weight,
         }
         self._current = None
         self._checked_batch = False
@@ -187,7 +187,7 @@ class TrainingStages(Callback):
             value = getattr(stage, attr)
             if value is None:
                 value = saved.get(attr)
-            if value is not None and hasattr(pl_module, attr):
+            if value is not None:
                 setattr(pl_module, attr, value)
         if self._hook is not None:
             self._hook.remove()
@@ -213,14 +213,20 @@ class TrainingStages(Callback):
         self._saved = None
         self._current = None
 
-    def _check_model_and_data(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        bottleneck = getattr(pl_module, "bottleneck", None)
-        if bottleneck is None:
+    @staticmethod
+    def _check_model(pl_module: L.LightningModule) -> None:
+        from bottlenecks.models.module import BottleneckModel
+
+        if not isinstance(pl_module, BottleneckModel):
             raise TypeError(f"TrainingStages drives a BottleneckModel, got {type(pl_module).__name__}")
+
+    def _check_model_and_data(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_model(pl_module)
+        bottleneck = pl_module.bottleneck
         needing = [s for s in self.stages if s.needs_concepts]
         if not needing:
             return
-        if not getattr(bottleneck, "n_concepts", 0):
+        if not bottleneck.n_concepts:
             raise ValueError(
                 self._no_concepts_message(needing[0], f"the bottleneck {type(bottleneck).__name__} has no concepts")
             )
@@ -343,10 +349,9 @@ class CBMTrainingMode(TrainingStages):
                     )
                 concept_epochs = trainer.max_epochs // 2
             # the side channel of a concept bottleneck is unsupervised: it trains with the head
-            head_train = ["head"]
-            if getattr(getattr(pl_module, "bottleneck", None), "residual", None) is not None:
-                head_train.append("bottleneck.residual")
-            self.stages = self._build(concept_epochs, head_train)
+            self._check_model(pl_module)
+            side = pl_module.bottleneck.side_channel_parameters()
+            self.stages = self._build(concept_epochs, ["head", *(f"bottleneck.{p}" for p in side)])
         super().on_fit_start(trainer, pl_module)
 
     def _label(self, stage: Stage) -> str:
