@@ -17,7 +17,7 @@ from bottlenecks.models.module import BottleneckModel
 
 def _brute_force(b: EnergyConceptBottleneck, h: torch.Tensor, fixed: dict[int, float] | None = None):
     """p(y | x) and p(c_k = 1 | x) by looping over every (c, y) pair."""
-    K, M = b.n_concepts, b.num_classes
+    K, M = b.num_concepts, b.num_classes
     e_cls, e_con = b.class_energy(h), b.concept_energy(h)
     logp, configs = [], []
     for bits in itertools.product([0.0, 1.0], repeat=K):
@@ -37,7 +37,7 @@ def _brute_force(b: EnergyConceptBottleneck, h: torch.Tensor, fixed: dict[int, f
 
 def test_exact_inference_matches_brute_force():
     torch.manual_seed(0)
-    b = EnergyConceptBottleneck(5, num_classes=3, n_concepts=3, hidden=8, embedding_dim=4,
+    b = EnergyConceptBottleneck(5, num_classes=3, num_concepts=3, hidden=8, embedding_dim=4,
                                 concept_weight=0.7, global_weight=1.3).eval()
     h = torch.randn(4, 5)
     with torch.no_grad():
@@ -154,10 +154,10 @@ def test_pseudo_likelihood_and_gradient_inference_train_without_enumeration():
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"exact inference enumerates 2\^20 \* 9 = .* max_configs=65536"):
-        EnergyConceptBottleneck(8, num_classes=9, n_concepts=20, inference="exact")
+        EnergyConceptBottleneck(8, num_classes=9, num_concepts=20, inference="exact")
     with pytest.raises(ValueError, match="num_classes >= 2"):
-        EnergyConceptBottleneck(8, num_classes=1, n_concepts=3)
-    b = EnergyConceptBottleneck(8, num_classes=4, n_concepts=3)
+        EnergyConceptBottleneck(8, num_classes=1, num_concepts=3)
+    b = EnergyConceptBottleneck(8, num_classes=4, num_concepts=3)
     with pytest.raises(ValueError, match=r"predicts 4 outputs but the task has 5"):
         BottleneckModel(b, num_classes=5)
     with pytest.raises(ValueError, match=r"intervention expects mask and values of shape \(2, 3\)"):

@@ -88,7 +88,7 @@ def test_value_param_group_keeps_unfetched_values_identical_under_adamw():
 def test_nonparametric_decoder_averages_fetched_values_and_concat_keeps_heads():
     x, _ = _data(n=100)
     kv = DiscreteKeyValueBottleneck(16, num_heads=4, keys_per_head=8, value_dim=3, top_k=2, value_init="normal",
-                                    projection="random", key_dim=5)
+                                    projection="random", code_dim=5)
     kv.init_from_data(x)
     out = kv(x[:10])
     assert out.codes.shape == (10, 4, 2)
@@ -105,7 +105,7 @@ def test_nonparametric_decoder_averages_fetched_values_and_concat_keeps_heads():
 @pytest.mark.parametrize("key_init", ["kmeans", "ema"])
 def test_key_initialisation_places_keys_on_the_data(key_init):
     x, _ = _data(n=500)
-    kv = DiscreteKeyValueBottleneck(16, num_heads=2, keys_per_head=16, key_init=key_init)
+    kv = DiscreteKeyValueBottleneck(16, num_heads=2, keys_per_head=16, init=key_init, value_dim=10)
     spread_random = torch.cdist(kv.project(x), kv.keys).min(-1).values.mean()
     kv.init_from_data(x)
     assert torch.isfinite(kv.keys).all()
@@ -115,10 +115,10 @@ def test_key_initialisation_places_keys_on_the_data(key_init):
 
 def test_bad_input_gives_clear_errors_and_keeps_keys():
     with pytest.raises(ValueError, match="num_heads=5 does not divide in_features=16"):
-        DiscreteKeyValueBottleneck(16, num_heads=5)
+        DiscreteKeyValueBottleneck(16, num_heads=5, value_dim=10)
     with pytest.raises(ValueError, match="top_k=9 must lie in"):
-        DiscreteKeyValueBottleneck(16, num_heads=4, keys_per_head=8, top_k=9)
-    kv = DiscreteKeyValueBottleneck(16, num_heads=4, keys_per_head=64)
+        DiscreteKeyValueBottleneck(16, num_heads=4, keys_per_head=8, top_k=9, value_dim=10)
+    kv = DiscreteKeyValueBottleneck(16, num_heads=4, keys_per_head=64, value_dim=10)
     with pytest.raises(ValueError, match="needs at least keys_per_head=64 samples, got 10"):
         kv.init_from_data(torch.randn(10, 16))
     keys = kv.keys.clone()

@@ -40,7 +40,7 @@ def test_joint_cbm_learns_concepts_and_label(concept_arrays):
 
 def test_concept_loss_weight_zero_leaves_concepts_unsupervised(concept_arrays):
     dm = _dm(concept_arrays)
-    model = BottleneckModel(ConceptBottleneck(20, n_concepts=5), num_classes=4, lr=5e-2, concept_loss_weight=0.0)
+    model = BottleneckModel(ConceptBottleneck(20, num_concepts=5), num_classes=4, lr=5e-2, concept_loss_weight=0.0)
     _trainer().fit(model, dm)
     res = _trainer().test(model, dm, verbose=False)[0]
     assert res["test/task_acc"] > 0.9
@@ -49,7 +49,7 @@ def test_concept_loss_weight_zero_leaves_concepts_unsupervised(concept_arrays):
 
 def test_intervention_replaces_probabilities(concept_arrays):
     x, c, y = concept_arrays
-    b = ConceptBottleneck(20, n_concepts=5)
+    b = ConceptBottleneck(20, num_concepts=5)
     mask = torch.zeros(4, 5, dtype=torch.bool)
     mask[:, 2] = True
     out = b(x[:4], concepts=c[:4], intervention_mask=mask)
@@ -61,7 +61,7 @@ def test_intervention_replaces_probabilities(concept_arrays):
 
 def test_bad_width_and_concepts_are_named(concept_arrays):
     x, c, y = concept_arrays
-    b = ConceptBottleneck(20, n_concepts=5)
+    b = ConceptBottleneck(20, num_concepts=5)
     with pytest.raises(ValueError, match="expects 20-dimensional features but got 7"):
         b(x[:4, :7])
     with pytest.raises(ValueError, match="concepts has 5 columns but the concept vocabulary has 3 names"):
@@ -179,7 +179,7 @@ def test_interrupted_fit_resumes_from_its_checkpoint(tmp_path, concept_arrays):
     def run(max_epochs, ckpt_path=None):
         L.seed_everything(0)
         dm = _dm(concept_arrays)
-        model = BottleneckModel(ConceptBottleneck(20, n_concepts=5), num_classes=4, lr=5e-2, lr_schedule="constant")
+        model = BottleneckModel(ConceptBottleneck(20, num_concepts=5), num_classes=4, lr=5e-2, lr_schedule="constant")
         cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
         trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, deterministic=True, callbacks=[cb])

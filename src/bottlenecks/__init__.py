@@ -5,4 +5,4 @@ A frozen encoder, then a bottleneck whose units a person can read and change
 See README.md for the quick start and ``bottlenecks.layers`` for the bottlenecks.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

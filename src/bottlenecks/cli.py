@@ -155,6 +155,41 @@ def _ensure_init_args(node: Any) -> None:
             _ensure_init_args(value)
 
 
+def upgrade_config_args(args: list[str]) -> list[str]:
+    """Config files that use option names from before the unified vocabulary, rewritten.
+
+    Each ``--config FILE`` whose YAML names a renamed option (:data:`bottlenecks.naming.RENAMED`)
+    is passed on as the upgraded YAML text, with a DeprecationWarning naming each new option;
+    the file itself is left untouched.
+    """
+    import copy
+
+    import yaml
+
+    from bottlenecks.naming import upgrade_config
+
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            j, value = i + 1, out[i + 1]
+        elif arg.startswith("--config="):
+            j, value = i, arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            continue
+        try:
+            original = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue  # the parser reports it with the file's name
+        upgraded = upgrade_config(copy.deepcopy(original))
+        if upgraded != original:
+            text = yaml.safe_dump(upgraded, sort_keys=False)
+            out[j] = text if j == i + 1 else f"--config={text}"
+    return out
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``bottlenecks`` console script.
 
@@ -163,6 +198,7 @@ def main(args: list[str] | None = None) -> None:
     the full traceback.
     """
     try:
+        args = upgrade_config_args(sys.argv[1:] if args is None else args)
         BottlenecksCLI(
             BottleneckModel,
             FeatureDataModule,

@@ -5,8 +5,8 @@ dicts of DESIGN.md, one example at a time::
 
     {"x": Tensor,              # image (3, H, W) float in [0, 1], or a feature vector (d,)
      "y": Tensor,              # int64 class index (classification) or float (regression)
-     "concepts": Tensor,       # (n_concepts,) float in [0, 1], NaN where unlabelled (optional)
-     "masks": Tensor,          # (n_concepts, H, W) bool ground-truth locations (optional)
+     "concepts": Tensor,       # (num_concepts,) float in [0, 1], NaN where unlabelled (optional)
+     "masks": Tensor,          # (num_concepts, H, W) bool ground-truth locations (optional)
      "index": int}
 
 Besides items, it exposes the labels and concepts of *all* examples as tensors
@@ -57,7 +57,7 @@ class ConceptDataset(Dataset):
         raise NotImplementedError
 
     def concept_table(self) -> Tensor | None:
-        """All concept values ``(n, n_concepts)`` float32 (NaN = unlabelled), or None."""
+        """All concept values ``(n, num_concepts)`` float32 (NaN = unlabelled), or None."""
         return None
 
     def fingerprint(self) -> str:
@@ -78,8 +78,13 @@ class ConceptDataset(Dataset):
         return index
 
     @property
-    def n_concepts(self) -> int:
+    def num_concepts(self) -> int:
         return 0 if self.concept_names is None else len(self.concept_names)
+
+    @property
+    def n_concepts(self) -> int:
+        """Deprecated alias of :attr:`num_concepts`."""
+        return self.num_concepts
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

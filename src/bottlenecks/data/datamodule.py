@@ -109,8 +109,13 @@ class FeatureDataModule(L.LightningDataModule):
         self._splits: dict[str, FeatureBatches] = {}
 
     @property
-    def n_concepts(self) -> int:
+    def num_concepts(self) -> int:
         return 0 if self.concept_names is None else len(self.concept_names)
+
+    @property
+    def n_concepts(self) -> int:
+        """Deprecated alias of :attr:`num_concepts`."""
+        return self.num_concepts
 
     def split(self, name: str) -> FeatureBatches:
         """The feature tensors of one split (``setup`` must have run)."""
@@ -186,7 +191,7 @@ class BottleneckDataModule(FeatureDataModule):
             self.feature_dim = int(probe[0]["x"].numel())
             self.encoder_spec = f"identity:{self.feature_dim}"
         else:
-            self.feature_dim = self.encoder.out_dim
+            self.feature_dim = self.encoder.feature_dim
 
     # ------------------------------------------------------------ subclass API
     def make_dataset(self, split: str) -> ConceptDataset:  # pragma: no cover - abstract

@@ -98,7 +98,7 @@ class ConceptImageFolder(ConceptDataset):
 
         {"x": (3, H, W) float32 in [0, 1],
          "y": int64 class index,
-         "concepts": (n_concepts,) float32 in {0, 1, NaN},   # when there are concept columns
+         "concepts": (num_concepts,) float32 in {0, 1, NaN},   # when there are concept columns
          "index": int}
 
     Args:
@@ -312,7 +312,7 @@ class ConceptImageFolder(ConceptDataset):
         return self._y.clone()
 
     def concept_table(self) -> Tensor | None:
-        """Concepts ``(n, n_concepts)`` float32 with NaN for empty cells, or None without concept columns."""
+        """Concepts ``(n, num_concepts)`` float32 with NaN for empty cells, or None without concept columns."""
         return None if self._concepts is None else self._concepts.clone()
 
     def fingerprint(self) -> str:

@@ -184,7 +184,7 @@ class FeatureCache:
             identity: JSON-serialisable dict of everything that determines the array
                 (encoder identity, dataset fingerprint, split).
             compute: called without arguments when the entry is missing or broken;
-                returns the array, e.g. ``(n, out_dim)`` float32.
+                returns the array, e.g. ``(n, feature_dim)`` float32.
             expected_rows: if given, an entry (stored or freshly computed) must have
                 this many rows; a stored entry with another count is stale and rebuilt.
 
@@ -278,7 +278,7 @@ class FeatureCache:
         The key is ``{**encoder.cache_identity(), "dataset": dataset.fingerprint(), "split": split}``.
 
         Returns:
-            ``(len(dataset), encoder.out_dim)`` float32, memory-mapped.
+            ``(len(dataset), encoder.feature_dim)`` float32, memory-mapped.
         """
         identity = {**encoder.cache_identity(), "dataset": str(dataset.fingerprint()), "split": split}
         return self.get_or_compute(

@@ -54,8 +54,8 @@ class BottleneckOutput:
         losses: named, *unweighted* auxiliary terms (scalars) that need no targets, e.g.
             ``"commitment"``, ``"kl"``. Terms that need the batch's targets come from
             :meth:`Bottleneck.loss_terms`; the model weights every term by name.
-        concepts: ``(batch, n_concepts)`` concept logits, for concept bottlenecks.
-        probs: ``(batch, n_concepts)`` concept probabilities *after* intervention.
+        concepts: ``(batch, num_concepts)`` concept logits, for concept bottlenecks.
+        probs: ``(batch, num_concepts)`` concept probabilities *after* intervention.
         codes: ``(batch, ...)`` integer code indices, for discrete bottlenecks.
         metrics: scalars to log (detached), e.g. ``"perplexity"``; the model logs each as
             ``{stage}/{name}``, averaged over the epoch.
@@ -136,10 +136,10 @@ class Bottleneck(nn.Module):
     ``forward(h, concepts=None, intervention_mask=None)``:
 
     * ``h`` — ``(batch, in_features)`` encoder features.
-    * ``concepts`` — ``(batch, n_concepts)`` ground-truth concept values in ``[0, 1]``
+    * ``concepts`` — ``(batch, num_concepts)`` ground-truth concept values in ``[0, 1]``
       (NaN where unlabelled), given during training for methods that use them (CEM's
       random interventions, independent CBM) and at test time as intervention values.
-    * ``intervention_mask`` — ``(batch, n_concepts)`` bool; where True, the predicted
+    * ``intervention_mask`` — ``(batch, num_concepts)`` bool; where True, the predicted
       concept is replaced by the value in ``concepts``. Bottlenecks without concepts
       ignore both.
     """
@@ -161,8 +161,14 @@ class Bottleneck(nn.Module):
         raise NotImplementedError
 
     @property
-    def n_concepts(self) -> int:
+    def num_concepts(self) -> int:
+        """Number of named concepts (0 for bottlenecks without concepts)."""
         return 0 if self.concept_names is None else len(self.concept_names)
+
+    @property
+    def n_concepts(self) -> int:
+        """Deprecated alias of :attr:`num_concepts`."""
+        return self.num_concepts
 
     # ------------------------------------------------------------------ units
     def units(self) -> Units:
@@ -218,7 +224,7 @@ class Bottleneck(nn.Module):
 
         Args:
             h: ``(n, in_features)`` a sample of training features, as the layer sees them.
-            concepts: ``(n, n_concepts)`` their concept labels (NaN = unlabelled), when the
+            concepts: ``(n, num_concepts)`` their concept labels (NaN = unlabelled), when the
                 data has them.
             y: ``(n,)`` their task targets.
             text: the paired text encoder, when the data names one (concept naming, CAV
@@ -264,8 +270,8 @@ def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
     """Binary cross-entropy over labelled concept entries only (NaN = unlabelled).
 
     Args:
-        logits: ``(batch, n_concepts)``.
-        target: ``(batch, n_concepts)`` in ``[0, 1]`` or NaN.
+        logits: ``(batch, num_concepts)``.
+        target: ``(batch, num_concepts)`` in ``[0, 1]`` or NaN.
     """
     labelled = ~torch.isnan(target)
     if not labelled.any():
@@ -279,9 +285,9 @@ def check_intervention(
     """Validate an intervention and return ``(values, mask)`` ready to apply.
 
     Args:
-        shape: ``(batch, n_concepts)`` of the layer's concept predictions.
-        concepts: ``(batch, n_concepts)`` values in ``[0, 1]``; NaN entries are never used.
-        mask: ``(batch, n_concepts)`` bool, or None for no intervention.
+        shape: ``(batch, num_concepts)`` of the layer's concept predictions.
+        concepts: ``(batch, num_concepts)`` values in ``[0, 1]``; NaN entries are never used.
+        mask: ``(batch, num_concepts)`` bool, or None for no intervention.
 
     Returns:
         ``(values, mask)`` with NaN values zeroed and masked out, or ``(None, None)``.
@@ -292,14 +298,14 @@ def check_intervention(
         raise ValueError("an intervention_mask was given without concept values to intervene with")
     if tuple(mask.shape) != tuple(shape) or tuple(concepts.shape) != tuple(shape):
         raise ValueError(
-            f"intervention expects mask and values of shape {tuple(shape)} (batch, n_concepts), "
+            f"intervention expects mask and values of shape {tuple(shape)} (batch, num_concepts), "
             f"got mask {tuple(mask.shape)} and values {tuple(concepts.shape)}"
         )
     return torch.nan_to_num(concepts), mask.bool() & ~torch.isnan(concepts)
 
 
 def apply_intervention(probs: Tensor, concepts: Tensor | None, mask: Tensor | None) -> Tensor:
-    """Replace ``probs`` ``(batch, n_concepts)`` by ``concepts`` where ``mask`` is True."""
+    """Replace ``probs`` ``(batch, num_concepts)`` by ``concepts`` where ``mask`` is True."""
     values, mask = check_intervention(tuple(probs.shape), concepts, mask)
     if mask is None:
         return probs
@@ -319,8 +325,8 @@ class ConceptLayer(Bottleneck):
     ``forward``, and return ``concepts`` (logits) and ``probs`` in their output.
     """
 
-    def _init_concepts(self, concept_names: list[str] | None, n_concepts: int | None) -> list[str]:
-        self.concept_names = resolve_concept_names(concept_names, n_concepts, type(self).__name__)
+    def _init_concepts(self, concept_names: list[str] | None, num_concepts: int | None) -> list[str]:
+        self.concept_names = resolve_concept_names(concept_names, num_concepts, type(self).__name__)
         self.register_buffer("concept_labels_seen", torch.zeros((), dtype=torch.long))
         return self.concept_names
 
@@ -351,7 +357,7 @@ class ConceptLayer(Bottleneck):
             if tuple(target.shape) != tuple(out.concepts.shape):
                 raise ValueError(
                     f"the batch's concepts have shape {tuple(target.shape)} but {type(self).__name__} "
-                    f"predicts {tuple(out.concepts.shape)} (batch, n_concepts)"
+                    f"predicts {tuple(out.concepts.shape)} (batch, num_concepts)"
                 )
             terms[CONCEPT_LOSS] = masked_concept_bce(out.concepts, target)
         return terms
@@ -361,14 +367,14 @@ class ConceptLayer(Bottleneck):
 
 
 def resolve_concept_names(
-    concept_names: list[str] | None, n_concepts: int | None, owner: str
+    concept_names: list[str] | None, num_concepts: int | None, owner: str
 ) -> list[str]:
     """The concept names of a concept layer given names, a count, or both (which must agree)."""
-    if concept_names is None and n_concepts is None:
-        raise ValueError(f"{owner} needs concept_names or n_concepts")
-    n = len(concept_names) if concept_names is not None else int(n_concepts)  # type: ignore[arg-type]
-    if n_concepts is not None and n != n_concepts:
-        raise ValueError(f"{owner}: n_concepts={n_concepts} but {n} concept_names were given")
+    if concept_names is None and num_concepts is None:
+        raise ValueError(f"{owner} needs concept_names or num_concepts")
+    n = len(concept_names) if concept_names is not None else int(num_concepts)  # type: ignore[arg-type]
+    if num_concepts is not None and n != num_concepts:
+        raise ValueError(f"{owner}: num_concepts={num_concepts} but {n} concept_names were given")
     return check_concept_names(concept_names, n)
 
 

@@ -23,6 +23,10 @@ from bottlenecks.layers.blocks import mlp
 
 Task = Literal["classification", "regression"]
 
+#: Version of the checkpoint layout this code writes. 1: bottlenecks 0.1 (no stamp; option
+#: names before the unified vocabulary); 2: bottlenecks 0.2 (edit log, unified names).
+CHECKPOINT_FORMAT = 2
+
 __all__ = ["BottleneckModel", "FeatureNorm", "masked_concept_bce"]
 
 
@@ -152,7 +156,7 @@ class BottleneckModel(L.LightningModule):
             )
 
         self.task_metrics = nn.ModuleDict({s: task_metrics() for s in ("train_", "val_", "test_")})
-        n = self.bottleneck.n_concepts
+        n = self.bottleneck.num_concepts
         self.concept_metrics = nn.ModuleDict()
         if n > 0:
             for s in ("val_", "test_"):
@@ -306,6 +310,47 @@ class BottleneckModel(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
 
+    # -------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from bottlenecks import __version__
+
+        checkpoint["bottlenecks"] = {"version": __version__, "format": CHECKPOINT_FORMAT}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_format(checkpoint)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> BottleneckModel:
+        """Load a model from a checkpoint, safely (``weights_only=True``, nothing else).
+
+        A checkpoint from bottlenecks 0.1 loads too: options renamed since are rewritten
+        (:mod:`bottlenecks.naming`); one from a newer release fails with a message naming
+        both versions.
+        """
+        import io
+
+        if kwargs.pop("weights_only", True) is False:
+            raise ValueError("checkpoints load with weights_only=True only; a pickle could run code")
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        check_checkpoint_format(checkpoint, str(checkpoint_path))
+        if "hyper_parameters" in checkpoint:
+            from bottlenecks.naming import upgrade_config
+
+            upgrade_config(checkpoint["hyper_parameters"])
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        return super().load_from_checkpoint(
+            buffer, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=True, **kwargs
+        )
+
     # ------------------------------------------------------------------- stages
     def on_fit_start(self) -> None:
         """Named stages that need training data before the first step.
@@ -395,3 +440,20 @@ class BottleneckModel(L.LightningModule):
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_checkpoint_format(checkpoint: dict[str, Any], where: str = "the checkpoint") -> int:
+    """The checkpoint's layout version; a clear error when this code cannot read it."""
+    from bottlenecks import __version__
+
+    stamp = checkpoint.get("bottlenecks")
+    if stamp is None:
+        return 1  # bottlenecks 0.1 wrote no stamp; renamed options are upgraded on load
+    fmt = int(stamp.get("format", 0)) if isinstance(stamp, dict) else 0
+    if fmt > CHECKPOINT_FORMAT or fmt < 1:
+        raise ValueError(
+            f"{where} was written by bottlenecks {stamp.get('version', '?') if isinstance(stamp, dict) else '?'} "
+            f"(checkpoint format {fmt}); this is bottlenecks {__version__}, which reads formats 1 to "
+            f"{CHECKPOINT_FORMAT}: upgrade bottlenecks to load it"
+        )
+    return fmt
