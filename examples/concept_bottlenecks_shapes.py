@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from bottlenecks.analysis.interventions import (  # noqa: E402
+from bottlenecks.analysis import (  # noqa: E402
     concept_leakage,
     intervene,
     intervention_curve,

@@ -10,7 +10,7 @@ import torch
 from _concept_data import NAMES, datamodule, shapes_like, trainer
 from lightning.pytorch.callbacks import Callback
 
-from bottlenecks.analysis.interventions import concept_leakage
+from bottlenecks.analysis import concept_leakage
 from bottlenecks.cli import main
 from bottlenecks.data.datamodule import ArrayDataModule
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck

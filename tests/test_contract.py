@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from bottlenecks.analysis.interventions import intervene, intervention_curve
+from bottlenecks.analysis import intervene, intervention_curve
 from bottlenecks.cli import main
 from bottlenecks.layers import BOTTLENECKS
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, ConceptLayer, Units, apply_intervention

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from _concept_data import NAMES, datamodule, shapes_like, trainer
 
-from bottlenecks.analysis.interventions import intervene, intervention_curve
+from bottlenecks.analysis import intervene, intervention_curve
 from bottlenecks.layers.concept import ConceptBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.models.module import BottleneckModel

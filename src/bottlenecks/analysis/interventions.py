@@ -219,39 +219,4 @@ def intervene(
     return InterventionResult(y_hat=y_hat, probs=probs, values=v, mask=mask, out=out)
 
 
-# The policies, curves and leakage measures used to live here; these names keep old imports working.
-from bottlenecks.analysis.intervention_curves import (  # noqa: E402
-    InterventionCurve,
-    intervention_curve,
-    plot_intervention_curves,
-)
-from bottlenecks.analysis.leakage import concept_leakage  # noqa: E402
-from bottlenecks.analysis.policies import (  # noqa: E402
-    POLICIES,
-    ExpectedChangePolicy,
-    InterventionPolicy,
-    PolicyState,
-    RandomPolicy,
-    UncertaintyPolicy,
-    make_policy,
-)
-
-__all__ = [
-    "POLICIES",
-    "ExpectedChangePolicy",
-    "InterventionCurve",
-    "InterventionPolicy",
-    "InterventionResult",
-    "PolicyState",
-    "RandomPolicy",
-    "UncertaintyPolicy",
-    "check_concept_supervised",
-    "concept_index",
-    "concept_leakage",
-    "intervene",
-    "intervention_curve",
-    "make_intervention",
-    "make_policy",
-    "model_concept_names",
-    "plot_intervention_curves",
-]
+__all__ = ["ConceptKey", "InterventionResult", "concept_index", "intervene", "make_intervention"]
