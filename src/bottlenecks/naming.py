@@ -111,3 +111,20 @@ def upgrade_config(node: Any) -> Any:
         for value in node:
             upgrade_config(value)
     return node
+
+
+class NamedConcepts:
+    """Mixin for everything that carries ``concept_names`` (bottlenecks, datasets, datamodules):
+    the one definition of the concept count and its old name."""
+
+    concept_names: list[str] | None = None
+
+    @property
+    def num_concepts(self) -> int:
+        """Number of named concepts (0 without concepts)."""
+        return 0 if self.concept_names is None else len(self.concept_names)
+
+    @property
+    def n_concepts(self) -> int:
+        """Deprecated alias of :attr:`num_concepts`."""
+        return self.num_concepts

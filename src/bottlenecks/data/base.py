@@ -24,11 +24,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from bottlenecks.naming import NamedConcepts
 
 Task = Literal["classification", "regression"]
 
 
-class ConceptDataset(Dataset):
+class ConceptDataset(NamedConcepts, Dataset):
     """Base class of raw datasets. Subclasses set the attributes and implement ``__getitem__``.
 
     Attributes:
@@ -76,15 +77,6 @@ class ConceptDataset(Dataset):
             where = type(self).__name__ + (f"[{split}]" if split else "")
             raise IndexError(f"{where} has {n} items, index {index} is out of range")
         return index
-
-    @property
-    def num_concepts(self) -> int:
-        return 0 if self.concept_names is None else len(self.concept_names)
-
-    @property
-    def n_concepts(self) -> int:
-        """Deprecated alias of :attr:`num_concepts`."""
-        return self.num_concepts
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bottlenecks.data.base import ConceptDataset, Task, check_concepts, check_labels
+from bottlenecks.naming import NamedConcepts
 
 SPLITS = ("train", "val", "test")
 
@@ -82,7 +83,7 @@ def batch_loader(ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, 
     )
 
 
-class FeatureDataModule(L.LightningDataModule):
+class FeatureDataModule(NamedConcepts, L.LightningDataModule):
     """Shared serving logic: holds per-split feature tensors and builds loaders.
 
     Subclasses fill ``self._splits[split] = FeatureBatches(...)`` in :meth:`setup` and
@@ -107,15 +108,6 @@ class FeatureDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self._splits: dict[str, FeatureBatches] = {}
-
-    @property
-    def num_concepts(self) -> int:
-        return 0 if self.concept_names is None else len(self.concept_names)
-
-    @property
-    def n_concepts(self) -> int:
-        """Deprecated alias of :attr:`num_concepts`."""
-        return self.num_concepts
 
     def split(self, name: str) -> FeatureBatches:
         """The feature tensors of one split (``setup`` must have run)."""

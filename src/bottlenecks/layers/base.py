@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottlenecks.naming import NamedConcepts
+
 #: The name under which concept layers return their concept loss; the model weights it
 #: with ``concept_loss_weight`` (the joint CBM's λ), every other term with ``loss_weights``.
 CONCEPT_LOSS = "concept_loss"
@@ -128,7 +130,7 @@ class TextEncoder(Protocol):
         ...
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(NamedConcepts, nn.Module):
     """Base class of every bottleneck: the contract, with a default for every hook.
 
     Subclasses set ``in_features`` and ``out_features`` and implement :meth:`forward`.
@@ -159,16 +161,6 @@ class Bottleneck(nn.Module):
         intervention_mask: Tensor | None = None,
     ) -> BottleneckOutput:
         raise NotImplementedError
-
-    @property
-    def num_concepts(self) -> int:
-        """Number of named concepts (0 for bottlenecks without concepts)."""
-        return 0 if self.concept_names is None else len(self.concept_names)
-
-    @property
-    def n_concepts(self) -> int:
-        """Deprecated alias of :attr:`num_concepts`."""
-        return self.num_concepts
 
     # ------------------------------------------------------------------ units
     def units(self) -> Units:
