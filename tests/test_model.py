@@ -66,7 +66,7 @@ def test_bad_width_and_concepts_are_named(concept_arrays):
         b(x[:4, :7])
     with pytest.raises(ValueError, match="concepts has 5 columns but the concept vocabulary has 3 names"):
         ArrayDataModule.from_arrays(x_train=x, y_train=y, concepts_train=c, concept_names=["a", "b", "c"])
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"y_train row 3, label 3 is out of range for num_classes=3 \(expected 0..2\)"):
         ArrayDataModule.from_arrays(x_train=x, y_train=y, num_classes=3)
     with pytest.raises(ValueError, match="NaN or inf"):
         b(torch.full((2, 20), float("nan")))
