@@ -25,3 +25,16 @@ def test_there_is_a_config_per_method():
     for expected in ("cbm_shapes.yaml", "cem_shapes.yaml", "ecbm_shapes.yaml", "vq_digits.yaml",
                      "dkvb_digits.yaml", "ib_vib_diabetes.yaml", "ib_csib_diabetes.yaml"):
         assert expected in names
+
+
+@pytest.mark.parametrize("config", sorted(CONTINUAL), ids=str)
+def test_continual_config_parses(config, capsys):
+    """The class-incremental configs parse against run_experiment and the learners they name."""
+    from bottlenecks.continual.__main__ import main as continual_main
+
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    with pytest.raises(SystemExit) as e:
+        continual_main(["--config", str(path), "--print_config"])
+    assert e.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "DiscreteKeyValueBottleneck" in printed and "classes_per_task" in printed

@@ -308,10 +308,15 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _unpickler_reason(err: BaseException) -> str:
     """The unpickler's own reason, without PyTorch's advice to retry with weights_only=False."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    after = text.split("WeightsUnpickler error:", 1)
+    lines = [ln.strip() for ln in (after[1] if len(after) == 2 else text).splitlines() if ln.strip()]
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
     useful = [ln for ln in lines if not ln.startswith(skip)]
-    return useful[0] if useful else type(err).__name__
+    reason = useful[0] if useful else type(err).__name__
+    return reason.split(" Please use")[0]
 
 
 class CheckpointError(ValueError):
