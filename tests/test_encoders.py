@@ -112,11 +112,26 @@ def test_gradient_reaches_the_input_pixels(lite0: Lite0Encoder) -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_encode_restores_thread_count() -> None:
+def test_encode_restores_thread_count(monkeypatch) -> None:
+    """encode() runs with the encoder's thread count and restores the caller's afterwards
+    (the suite runs with one thread, so the caller's count is set to another first)."""
     enc = IdentityEncoder(4, num_threads=1)
+    seen = []
+    real_forward = enc.forward
+
+    def forward(x):
+        seen.append(torch.get_num_threads())
+        return real_forward(x)
+
+    monkeypatch.setattr(enc, "forward", forward)
     before = torch.get_num_threads()
-    enc.encode(torch.rand(3, 4))
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(3)
+    try:
+        enc.encode(torch.rand(3, 4))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- lite0 weights

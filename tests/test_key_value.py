@@ -130,3 +130,48 @@ def test_bad_input_gives_clear_errors_and_keeps_keys():
     kv.init_from_data(torch.randn(100, 16))
     with pytest.raises(ValueError, match="NaN or inf"):
         kv(bad)
+
+
+class _ValueWatch(L.Callback):
+    """Per training step: were the values of keys the step did not fetch left bit-identical?"""
+
+    def __init__(self, kv):
+        self.kv, self.codes, self.unfetched_moved, self.fetched_moved = kv, None, [], []
+        kv.register_forward_hook(lambda m, i, out: setattr(self, "codes", out.codes))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.before = self.kv.values.detach().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        heads, k = self.kv.values.shape[:2]
+        fetched = torch.zeros(heads, k, dtype=torch.bool)
+        fetched[torch.arange(heads).view(1, heads, 1).expand_as(self.codes), self.codes] = True
+        moved = (self.kv.values.detach() != self.before).any(-1)
+        self.unfetched_moved.append(bool(moved[~fetched].any()))
+        self.fetched_moved.append(bool(moved[fetched].any()))
+
+
+@pytest.mark.parametrize(
+    "optimizer, kw",
+    [("sgd", {"momentum": 0.9, "weight_decay": 0.01}), ("adamw", {"weight_decay": 0.1}), ("adam", {})],
+)
+@pytest.mark.parametrize("groups", ["bottleneck's", "none (control)"])
+def test_through_the_model_only_fetched_values_change_under_every_optimizer(optimizer, kw, groups, monkeypatch):
+    """Several steps of a real fit with momentum / Adam moments / weight decay: a value fetched in
+    an earlier step but not in this one must stay bit-identical. The control drops the value
+    group and must see unfetched values move, proving that the test can fail."""
+    x, y = _data(n=256)
+    kv = DiscreteKeyValueBottleneck(16, num_heads=2, keys_per_head=32, value_dim=4, value_init="normal")
+    kv.init_from_data(x)
+    if groups != "bottleneck's":
+        monkeypatch.setattr(kv, "optimizer_param_groups", lambda: [])
+    dm = ArrayDataModule.from_arrays(x_train=x, y_train=y, x_test=x, y_test=y, batch_size=16, val_fraction=0.01)
+    model = BottleneckModel(kv, num_classes=4, optimizer=optimizer, lr=0.05, lr_schedule="constant",
+                            standardize_features=False, **kw)
+    watch = _ValueWatch(kv)
+    _trainer(max_steps=8, callbacks=[watch], limit_val_batches=0).fit(model, dm)
+    assert len(watch.unfetched_moved) == 8 and any(watch.fetched_moved)
+    if groups == "bottleneck's":
+        assert not any(watch.unfetched_moved)
+    else:
+        assert any(watch.unfetched_moved[1:])

@@ -103,7 +103,7 @@ class ExpectedChangePolicy(InterventionPolicy):
 
     where ``D`` is the total-variation distance between the label distributions after
     and before the hypothetical intervention (classification) or the absolute change of
-    the prediction (regression). Costs ``2 · n_concepts`` forward passes per step.
+    the prediction (regression). Costs ``2 · num_concepts`` forward passes per step.
     """
 
     name = "expected_change"

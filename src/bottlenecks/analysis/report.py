@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,14 @@ from lightning.pytorch.utilities import rank_zero_only
 
 def _float(v: Any) -> float:
     return float(v.item() if torch.is_tensor(v) else v)
+
+
+def _none_if_nan(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -47,7 +56,8 @@ class RunReport(Callback):
         per = getattr(pl_module, "test_concept_metrics", None)
         if names and per:
             m["per_concept"] = {
-                n: {k: _float(per[k][i]) for k in per} for i, n in enumerate(names)
+                # None: undefined (no labels, or one class for AUROC) in the test split
+                n: {k: _none_if_nan(_float(per[k][i])) for k in per} for i, n in enumerate(names)
             }
         dm = trainer.datamodule
         if self.linear_probe and dm is not None and hasattr(dm, "split"):
@@ -114,9 +124,9 @@ def print_report(m: dict[str, Any], run_dir: Path | None = None) -> None:
         t.add_column("accuracy", justify="right")
         t.add_column("AUROC", justify="right")
         for name, v in per.items():
-            t.add_row(name, f"{v.get('concept_acc', float('nan')):.3f}", f"{v.get('concept_auroc', float('nan')):.3f}")
-        t.add_row("[b]mean[/b]", f"[b]{m.get('test/concept_acc', float('nan')):.3f}[/b]",
-                  f"[b]{m.get('test/concept_auroc', float('nan')):.3f}[/b]")
+            t.add_row(name, _fmt(v.get("concept_acc")), _fmt(v.get("concept_auroc")))
+        t.add_row("[b]mean[/b]", f"[b]{_fmt(m.get('test/concept_acc'))}[/b]",
+                  f"[b]{_fmt(m.get('test/concept_auroc'))}[/b]")
         console.print(t)
     t = Table(title="task (test)")
     t.add_column("model")

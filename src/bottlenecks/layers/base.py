@@ -29,6 +29,7 @@ loss; label counting). A new method is one subclass plus one YAML file.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -44,6 +45,10 @@ from bottlenecks.naming import NamedConcepts
 CONCEPT_LOSS = "concept_loss"
 
 UnitKind = Literal["concept", "code", "key", "latent", "sae"]
+
+#: the largest feature magnitude a bottleneck accepts: its square summed over thousands of
+#: dimensions and rows (distances, EMA sums, variances) still fits in float32 (max 3.4e38)
+MAX_FEATURE_MAGNITUDE = 1e16
 
 
 @dataclass
@@ -252,9 +257,18 @@ class Bottleneck(NamedConcepts, nn.Module):
                 f"{h.shape[1]}; check that the encoder's output width matches the bottleneck's "
                 "in_features"
             )
-        # one reduction first: a non-finite sum is rare, the full check only runs then
-        if not torch.isfinite(h.sum()) and not torch.isfinite(h).all():
-            raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
+        # One reduction: the largest magnitude is NaN for NaN input, inf for inf input, and
+        # catches finite values so large (3e38) that sums and squared distances overflow.
+        if h.numel():
+            peak = float(h.detach().abs().max())
+            if not math.isfinite(peak):
+                raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
+            if peak > MAX_FEATURE_MAGNITUDE:
+                raise ValueError(
+                    f"{type(self).__name__} received features of magnitude {peak:.3g}, above the "
+                    f"{MAX_FEATURE_MAGNITUDE:.0e} that sums and squared distances survive in float32; "
+                    "rescale or standardise the features"
+                )
 
 
 # --------------------------------------------------------------------- concept layers

@@ -302,13 +302,20 @@ class VectorQuantizer(Bottleneck):
         if self.ema:
             sums = torch.zeros(G * K, d, device=x.device, dtype=x.dtype)
             sums.index_add_(0, flat.reshape(-1), x.reshape(G * m, d))
-            self.ema_count.lerp_(counts, 1.0 - self.ema_decay)
-            self.ema_sum.lerp_(sums.view(G, K, d), 1.0 - self.ema_decay)
-            total = self.ema_count.sum(-1, keepdim=True)
-            smoothed = (self.ema_count + self.eps) / (total + K * self.eps) * total
-            codes = self.ema_sum / smoothed.unsqueeze(-1)
+            ema_count = self.ema_count.lerp(counts, 1.0 - self.ema_decay)
+            ema_sum = self.ema_sum.lerp(sums.view(G, K, d), 1.0 - self.ema_decay)
+            total = ema_count.sum(-1, keepdim=True)
+            smoothed = (ema_count + self.eps) / (total + K * self.eps) * total
+            codes = ema_sum / smoothed.unsqueeze(-1)
             if self.distance == "cosine":
                 codes = F.normalize(codes, dim=-1)
+            if not torch.isfinite(codes).all():  # never write inf/NaN into the codebook
+                raise ValueError(
+                    f"{type(self).__name__}: the EMA codebook update overflowed (features of magnitude "
+                    f"{float(x.abs().max()):.3g}); the codebook was left unchanged"
+                )
+            self.ema_count.copy_(ema_count)
+            self.ema_sum.copy_(ema_sum)
             self.codebook.copy_(codes)
 
         if self.dead_code_threshold > 0:

@@ -159,17 +159,10 @@ class BottleneckModel(L.LightningModule):
         n = self.bottleneck.num_concepts
         self.concept_metrics = nn.ModuleDict()
         if n > 0:
+            from bottlenecks.models.concept_metrics import ConceptMetrics
+
             for s in ("val_", "test_"):
-                self.concept_metrics[s] = torchmetrics.MetricCollection(
-                    {
-                        "concept_acc": torchmetrics.classification.MultilabelAccuracy(
-                            n, average=None, ignore_index=-1
-                        ),
-                        "concept_auroc": torchmetrics.classification.MultilabelAUROC(
-                            n, average=None, ignore_index=-1
-                        ),
-                    }
-                )
+                self.concept_metrics[s] = ConceptMetrics(n)
 
     # ------------------------------------------------------------------ forward
     def encode(self, x: Tensor) -> Tensor:
@@ -252,9 +245,7 @@ class BottleneckModel(L.LightningModule):
         metrics = self.task_metrics[f"{stage}_"]
         metrics.update(y_hat.detach(), batch["y"])
         if f"{stage}_" in self.concept_metrics and out.concepts is not None and batch.get("concepts") is not None:
-            target = batch["concepts"]
-            target = torch.where(torch.isnan(target), torch.full_like(target, -1), target).long()
-            self.concept_metrics[f"{stage}_"].update(out.concepts.detach().float(), target)
+            self.concept_metrics[f"{stage}_"].update(out.concepts.detach().float(), batch["concepts"])
         for name, value in out.metrics.items():
             v = torch.as_tensor(value).detach().float().reshape(()) * bs
             sums[name] = sums[name] + v if name in sums else v
@@ -293,10 +284,12 @@ class BottleneckModel(L.LightningModule):
         self.task_metrics[key].reset()
         concept_metrics = self.concept_metrics[key] if key in self.concept_metrics else None
         # (no update: the data of this stage has no concept labels)
-        if concept_metrics is not None and any(m.update_count for m in concept_metrics.values()):
+        if concept_metrics is not None and concept_metrics.update_count:
             per_concept = self.concept_metrics[key].compute()
             for name, value in per_concept.items():
-                self.log(f"{stage}/{name}", value.mean())
+                # NaN: a concept without labels (or, for AUROC, with one class) in this split
+                if not torch.isnan(value).all():
+                    self.log(f"{stage}/{name}", value.nanmean())
             if stage == "test":
                 self.test_concept_metrics = {k: v.detach().cpu() for k, v in per_concept.items()}
             self.concept_metrics[key].reset()
