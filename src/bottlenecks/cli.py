@@ -1,4 +1,6 @@
-"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``.
+"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``,
+and ``bottlenecks report RUN_DIR`` (an offline HTML page of a trained run,
+:mod:`bottlenecks.analysis.html_report`).
 
 A LightningCLI in subclass mode: ``model:`` and ``data:`` take any class path,
 and the data's feature width, concept names, number of classes and task are
@@ -162,6 +164,14 @@ def main(args: list[str] | None = None) -> None:
     widths) end with one line naming the problem; set ``BOTTLENECKS_DEBUG=1`` for
     the full traceback.
     """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "report":
+        from bottlenecks.analysis.html_report import report_main
+
+        code = report_main(argv[1:])
+        if code:
+            sys.exit(code)
+        return
     try:
         BottlenecksCLI(
             BottleneckModel,
