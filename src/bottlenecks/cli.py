@@ -1,4 +1,6 @@
-"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``.
+"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``,
+and ``bottlenecks report RUN_DIR`` (an offline HTML page of a trained run,
+:mod:`bottlenecks.analysis.html_report`).
 
 A LightningCLI in subclass mode: ``model:`` and ``data:`` take any class path,
 and the data's feature width, concept names, number of classes and task are
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pickle
 import sys
 import uuid
 import warnings
@@ -21,6 +22,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from bottlenecks.checkpoints import first_line, is_code_refusal, load_checkpoint_file, unpickler_reason
 from bottlenecks.data.datamodule import FeatureDataModule
 from bottlenecks.models.module import BottleneckModel
 
@@ -303,54 +305,6 @@ def _drop_unaccepted_init_args(config: dict[str, Any]) -> None:
         return
     for key in [k for k in init_args if k not in params]:
         del init_args[key]
-def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A checkpoint file loaded with ``weights_only=True``, or one clear error.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        pickle.UnpicklingError: the file holds objects other than tensors and plain data.
-        CheckpointError: the file is truncated, corrupt, or not a Lightning checkpoint.
-    """
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
-            raise  # code in a pickle: refused by main() with its own message
-        raise CheckpointError(
-            f"checkpoint {p} is corrupt or not a PyTorch checkpoint ({_unpickler_reason(err)})"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - zip, EOF, OS errors: all mean "unreadable"
-        raise CheckpointError(
-            f"checkpoint {p} is truncated, corrupt or not a PyTorch checkpoint "
-            f"({type(err).__name__}: {_first_line(err)})"
-        ) from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"checkpoint {p} is not a Lightning checkpoint (it has no state_dict)")
-    return ckpt
-
-
-def _unpickler_reason(err: BaseException) -> str:
-    """The unpickler's own reason, without PyTorch's advice to retry with weights_only=False."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    after = text.split("WeightsUnpickler error:", 1)
-    lines = [ln.strip() for ln in (after[1] if len(after) == 2 else text).splitlines() if ln.strip()]
-    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
-    useful = [ln for ln in lines if not ln.startswith(skip)]
-    reason = useful[0] if useful else type(err).__name__
-    return reason.split(" Please use")[0]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used (unreadable, or made for another model or data)."""
-
-
 def _class_path(node: Any, key: str) -> str | None:
     """``node[init_args][key][class_path]`` (or ``node[key][class_path]``) as a string, if present."""
     node = node.get("init_args", node) if hasattr(node, "get") else None
@@ -423,6 +377,13 @@ def upgrade_config_args(args: list[str]) -> list[str]:
     return out
 
 
+#: ``bottlenecks NAME ...`` commands besides Lightning's fit/validate/test/predict: NAME -> "module:function",
+#: the function taking the remaining arguments and returning an exit code
+TOOLS = {
+    "report": "bottlenecks.analysis.html_report:report_main",
+}
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``bottlenecks`` console script.
 
@@ -430,8 +391,18 @@ def main(args: list[str] | None = None) -> None:
     option or row at fault, and exit code 2; set ``BOTTLENECKS_DEBUG=1`` for the traceback.
     """
     subcommands = ("fit", "validate", "test", "predict")
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        args = upgrade_config_args(sys.argv[1:] if args is None else args)
+        if argv and argv[0] in TOOLS:
+            # commands that are not Lightning runs: thin functions behind the same error boundary
+            import importlib
+
+            module, _, name = TOOLS[argv[0]].partition(":")
+            code = getattr(importlib.import_module(module), name)(argv[1:])
+            if code:
+                sys.exit(code)
+            return
+        args = upgrade_config_args(argv)
         BottlenecksCLI(
             BottleneckModel,
             FeatureDataModule,
@@ -461,11 +432,11 @@ def describe_error(err: BaseException) -> str:
             str(err), getattr(err, "bottlenecks_parser", None), getattr(err, "bottlenecks_subcommand", None)
         )
     root = _root_cause(err)
-    if isinstance(root, pickle.UnpicklingError) and ("Unsupported global" in str(root) or "GLOBAL" in str(root)):
+    if is_code_refusal(root):
         return (
             "refused to load a checkpoint: it holds objects other than tensors and plain data, and "
             "loading those could run code (bottlenecks only loads with weights_only=True). Details: "
-            + _unpickler_reason(root)
+            + unpickler_reason(root)
         )
     if isinstance(root, OSError) and not isinstance(root, FileNotFoundError):
         what = {
@@ -478,17 +449,12 @@ def describe_error(err: BaseException) -> str:
         }.get(root.errno or -1)
         target = f" {root.filename}" if root.filename else ""
         if what:
-            return f"cannot write{target}: {what} ({root.strerror or _first_line(root)})"
-        return f"{type(root).__name__}{target}: {root.strerror or _first_line(root)}"
+            return f"cannot write{target}: {what} ({root.strerror or first_line(root)})"
+        return f"{type(root).__name__}{target}: {root.strerror or first_line(root)}"
     message = _one_line(root)
     if isinstance(root, (ValueError, FileNotFoundError, TypeError, KeyError)):
         return message
     return f"{type(root).__name__}: {message} (set BOTTLENECKS_DEBUG=1 for the traceback)"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _one_line(err: BaseException, limit: int = 600) -> str:

@@ -331,7 +331,9 @@ class BottleneckModel(L.LightningModule):
 
         if kwargs.pop("weights_only", True) is False:
             raise ValueError("checkpoints load with weights_only=True only; a pickle could run code")
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        from bottlenecks.checkpoints import load_checkpoint_file
+
+        checkpoint = load_checkpoint_file(checkpoint_path)
         check_checkpoint_format(checkpoint, str(checkpoint_path))
         if "hyper_parameters" in checkpoint:
             from bottlenecks.naming import upgrade_config
