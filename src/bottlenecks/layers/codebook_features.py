@@ -191,6 +191,27 @@ class CodebookFeatures(Bottleneck):
         self.suppressed[idx] = True
         self.forced[idx] = False
 
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"forced": (K,), "suppressed": (K,)}`` — the switches of :meth:`force` / :meth:`suppress`."""
+        return {"forced": self.forced.clone(), "suppressed": self.suppressed.clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("forced", "suppressed"))
+        forced, suppressed = g["forced"].to(self.forced.device), g["suppressed"].to(self.forced.device)
+        if bool((forced & suppressed).any()):
+            both = (forced & suppressed).nonzero().flatten().tolist()
+            raise ValueError(f"codes {both} cannot be both forced and suppressed")
+        if int(forced.sum()) > self.k:
+            raise ValueError(f"cannot force more than k={self.k} codes, got {int(forced.sum())}")
+        if int(suppressed.sum()) > self.codebook_size - self.k:
+            raise ValueError(f"suppressing {int(suppressed.sum())} codes would leave fewer than k={self.k} codes")
+        self.forced.copy_(forced)
+        self.suppressed.copy_(suppressed)
+
+    def unit_table(self) -> Tensor:
+        """The codes ``(codebook_size, in_features)`` (a view of the codebook)."""
+        return self.codebook.data
+
     def clear_interventions(self) -> None:
         """Undo every :meth:`force` and :meth:`suppress`."""
         self.forced.zero_()
