@@ -156,13 +156,20 @@ def _ensure_init_args(node: Any) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``bottlenecks`` console script.
+    """Entry point of the ``bottlenecks`` console script (``bottlenecks edit CHECKPOINT EDITS.yaml``
+    applies an edit file: :mod:`bottlenecks.editing.cli`).
 
     Errors raised by our own validation (bad config values, missing files, mismatched
     widths) end with one line naming the problem; set ``BOTTLENECKS_DEBUG=1`` for
     the full traceback.
     """
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] == "edit":  # `bottlenecks edit CHECKPOINT EDITS.yaml`
+            from bottlenecks.editing.cli import main as edit_main
+
+            edit_main(argv[1:])
+            return
         BottlenecksCLI(
             BottleneckModel,
             FeatureDataModule,
@@ -184,7 +191,7 @@ def main(args: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError) as err:
         if os.environ.get("BOTTLENECKS_DEBUG"):
             raise
         root = _root_cause(err)

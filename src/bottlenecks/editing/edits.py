@@ -639,9 +639,15 @@ class RetrainValues(Edit):
             opt = torch.optim.Adam([param], lr=float(self.lr))
             loss_fn = getattr(model, "task_loss", None) or (lambda yh, yy: nn.functional.cross_entropy(yh, yy))
             with torch.enable_grad():
-                for _ in range(self.steps):
+                for step in range(self.steps):
                     opt.zero_grad()
                     loss = loss_fn(model(x)[0], y)
+                    if step == 0 and (not loss.requires_grad or not _reaches(loss, param)):
+                        raise ValueError(
+                            f"the task output of {type(b).__name__} does not depend differentiably on its "
+                            f"{b.units().kind} vectors (e.g. a straight-through quantiser), so retrain_values cannot "
+                            "train them; overwrite them with set_values instead"
+                        )
                     loss.backward()
                     opt.step()
                     with torch.no_grad():
@@ -652,6 +658,11 @@ class RetrainValues(Edit):
                 p.requires_grad_(f)
                 p.grad = None
             model.train(was)
+
+
+def _reaches(loss: Tensor, param: Tensor) -> bool:
+    """Whether ``loss`` has a gradient path to ``param``."""
+    return torch.autograd.grad(loss, param, retain_graph=True, allow_unused=True)[0] is not None
 
 
 # ------------------------------------------------------------------ from plain data

@@ -221,8 +221,8 @@ class EditLog:
         if saved["kind"] != units.kind or list(saved["names"]) != list(units.names):
             diff = sorted(set(saved["names"]) ^ set(units.names))[:8]
             raise ValueError(
-                f"the edit log was written for a model whose units are {len(saved['names'])} {saved['kind']}s but "
-                f"this model has {len(units)} {units.kind}s (differing names: {diff}); it does not fit this model"
+                f"the edit log does not fit this model: it was written for {len(saved['names'])} "
+                f"{saved['kind']}s, this model has {len(units)} {units.kind}s (names in one but not the other: {diff})"
             )
         applied = [(edit_from_dict(e["edit"]), EditRecord.from_state(e["record"])) for e in state["applied"]]
         undone = [(edit_from_dict(e["edit"]), EditRecord.from_state(e["record"])) for e in state["undone"]]

@@ -4,9 +4,12 @@ After "Training-free test-time improvement for explainable medical image classif
 (concept bottleneck models moved to a new domain): from a few labelled examples per class
 of the shifted domain, *mask* the units that fire wrongly there — whose variation, as the
 head reads it, pushes the examples towards wrong classes — and *amplify* discriminative units
-that fire too weakly — scale their deviation from the support mean up. No gradient step:
-every candidate change is scored on the support set (mean cross-entropy) and kept only if it
-helps, greedily, strongest suspect first.
+that fire too weakly — whose contribution to the true class is well below that of the other
+discriminative units — by scaling their deviation from the support mean up. No gradient step:
+every candidate change is scored on the support set and kept only if it helps, greedily,
+strongest suspect first: a mask when it lowers the support cross-entropy without making a
+support example wrong, an amplification only when it corrects support examples (a lower
+loss alone would reward mere sharpening, which costs accuracy on the source domain).
 
 Both operations are changes of the linear readout (:meth:`Bottleneck.unit_readout`), so the
 edit is exact to revert and to save. Masking unit ``u`` at its support mean ``m_u``:
@@ -53,6 +56,9 @@ class TestTimeRepair(Edit):
         scales: amplification factors tried for each candidate unit.
         min_gain: the support cross-entropy (nats) a change must save to be kept.
         max_changes: at most this many units masked or amplified.
+        weak: a unit aligned with the labels counts as firing too weakly when its alignment
+            (mean centred contribution to the true class over the others, in logits) is below
+            ``weak`` times the median alignment of the aligned units; only those are amplified.
 
     The record's ``info`` lists the masked units and the amplified ones with their factor.
     """
@@ -64,6 +70,7 @@ class TestTimeRepair(Edit):
     scales: list[float] = field(default_factory=lambda: [1.5, 2.0, 3.0])
     min_gain: float = 0.01
     max_changes: int = 8
+    weak: float = 0.7
 
     def _data(self, model: nn.Module) -> tuple[Tensor, Tensor]:
         if getattr(model, "task", "classification") != "classification":
@@ -98,8 +105,9 @@ class TestTimeRepair(Edit):
         mean = z.mean(0)
         cols = [list(c) for c in readout.columns]
 
-        def loss(W_: Tensor, b_: Tensor) -> float:
-            return float(F.cross_entropy(z @ W_.T + b_, y))
+        def score(W_: Tensor, b_: Tensor) -> tuple[int, float]:
+            logits = z @ W_.T + b_
+            return int((logits.argmax(-1) != y).sum()), float(F.cross_entropy(logits, y))
 
         # alignment of each unit with the support labels, as the head reads it:
         # centred contribution to the true class minus its mean over the other classes
@@ -114,31 +122,37 @@ class TestTimeRepair(Edit):
         align_t = torch.tensor(align)
         masked: list[int] = []
         amplified: dict[int, float] = {}
-        best = loss(W, b)
-        # mask: the units most anti-aligned first
+        errors, best = score(W, b)
+        # mask: the units most anti-aligned first; kept when the support loss drops and no
+        # support example becomes wrong
         for u in align_t.argsort().tolist():
             if align[u] >= 0 or len(masked) >= self.max_changes:
                 break
             W2, b2 = W.clone(), b.clone()
             b2 += W2[:, cols[u]] @ mean[cols[u]]
             W2[:, cols[u]] = 0
-            new = loss(W2, b2)
-            if best - new > self.min_gain:
-                W, b, best = W2, b2, new
+            e2, l2 = score(W2, b2)
+            if e2 <= errors and best - l2 > self.min_gain:
+                W, b, errors, best = W2, b2, e2, l2
                 masked.append(u)
-        # amplify: the most aligned units first, the best factor for each
+        # amplify: the most aligned units first, the best factor for each; kept only when it
+        # corrects support examples (a lower loss alone would reward mere sharpening)
+        positive = align_t[align_t > 0]
+        weak_below = float(self.weak * positive.median()) if len(positive) else 0.0
         for u in align_t.argsort(descending=True).tolist():
-            if align[u] <= 0 or len(masked) + len(amplified) >= self.max_changes:
+            if len(masked) + len(amplified) >= self.max_changes:
                 break
+            if not 0 < align[u] < weak_below:  # discriminative, but firing too weakly here
+                continue
             pick = None
             for s in self.scales:
                 s = float(s)
                 W2, b2 = W.clone(), b.clone()
                 b2 -= (s - 1) * (W2[:, cols[u]] @ mean[cols[u]])
                 W2[:, cols[u]] *= s
-                new = loss(W2, b2)
-                if best - new > self.min_gain:
-                    pick, best, Wb = s, new, (W2, b2)
+                e2, l2 = score(W2, b2)
+                if e2 < errors or (pick is not None and e2 == errors and l2 < best):
+                    pick, errors, best, Wb = s, e2, l2, (W2, b2)
             if pick is not None:
                 W, b = Wb
                 amplified[u] = pick
@@ -150,6 +164,7 @@ class TestTimeRepair(Edit):
             masked=[names[u] for u in masked],
             amplified={names[u]: s for u, s in amplified.items()},
             support_loss=best,
+            support_errors=errors,
         )
 
 

@@ -212,9 +212,11 @@ class CSIBBottleneck(Bottleneck):
         return Units("latent", tuple(f"t{i}" for i in range(self.latent_dim)))
 
     def unit_readout(self) -> UnitReadout | None:
-        """Unit ``t{i}`` is input column ``i`` of the decoder, when the decoder is one Linear."""
-        if isinstance(self.decoder, nn.Linear):
-            return UnitReadout(tuple((i,) for i in range(self.latent_dim)), linear=self.decoder)
+        """Unit ``t{i}`` is input column ``i`` of the decoder, when the decoder is one Linear
+        (no ``decoder_hidden``)."""
+        layers = list(self.decoder) if isinstance(self.decoder, nn.Sequential) else [self.decoder]
+        if len(layers) == 1 and isinstance(layers[0], nn.Linear):
+            return UnitReadout(tuple((i,) for i in range(self.latent_dim)), linear=layers[0])
         return None
 
     def unit_activations(self, out: BottleneckOutput) -> Tensor:
