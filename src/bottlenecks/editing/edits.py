@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bottlenecks.analysis.model_access import EvalMode, bottleneck_of, model_device
+from bottlenecks.analysis.model_access import EvalMode, bottleneck_of, check_concept_supervised, model_device
 from bottlenecks.layers.base import Bottleneck, UnitReadout, Units
 
 Unit = str | int
@@ -352,6 +352,7 @@ class ConceptIntervention(Edit):
         _require_kind(model, "concept", self.kind,
                       "interventions set concepts; edit codes with suppress_codes/force_codes, key values "
                       "with set_values/retrain_values, or any readable unit with head_weight")
+        check_concept_supervised(model)
         if not isinstance(self.values, Mapping) or not self.values:
             raise ValueError(f"an 'intervene' edit needs values: a mapping {{concept: value}}, got {self.values!r}")
         idx = resolve_units(model, list(self.values), "intervene edit")

@@ -29,7 +29,9 @@ class CodebookFeatures(Bottleneck):
     Interventions (inference-time edits, stored in buffers so they travel with the
     checkpoint): :meth:`force` makes codes always active (they take the slots of the
     weakest chosen codes), :meth:`suppress` makes codes never active,
-    :meth:`clear_interventions` undoes both.
+    :meth:`clear_interventions` undoes both. These are the low-level switches
+    (:meth:`unit_gates`); on a trained model prefer the logged, reversible edits
+    ``force_codes`` / ``suppress_codes`` of :mod:`bottlenecks.editing`.
 
     Args:
         in_features: width of the hidden vectors.

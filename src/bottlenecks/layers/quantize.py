@@ -343,7 +343,10 @@ class VectorQuantizer(Bottleneck):
         return stale.float().mean()
 
     def suppress(self, codes: list[int], head: int = 0, suppressed: bool = True) -> None:
-        """Never choose ``codes`` (of codebook ``head``) again, or allow them again."""
+        """Never choose ``codes`` (of codebook ``head``) again, or allow them again.
+
+        The low-level switch; on a trained model prefer the logged, reversible
+        ``suppress_codes`` edit of :mod:`bottlenecks.editing`."""
         g = 0 if self.groups == 1 else head
         if not 0 <= g < self.groups:
             raise ValueError(f"head must lie in [0, {self.heads}), got {head}")
