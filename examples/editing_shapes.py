@@ -152,7 +152,7 @@ def part_batching(args: argparse.Namespace, results: dict) -> None:
     wanted = (y[:n] + 1) % dm.num_classes  # counterfactual: the next class
     t = time.perf_counter()
     rows = compare_edit_batching(
-        model, lambda a, c: {"kind": "retrain_values", "x": a, "y": c, "steps": 100, "lr": 0.5},
+        model, lambda a, c: {"kind": "retrain_values", "x": a, "y": c, "steps": 200, "lr": 0.05},
         x[:n], wanted, source=src, sizes=args.batch_sizes)
     took = time.perf_counter() - t
     print(f"\n## One by one vs batched key-value edits (DKVB 8x64 keys, top-1; {took:.0f} s)\n")

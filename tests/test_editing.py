@@ -90,7 +90,8 @@ def _edits_for(model, x):
     if table is not None:
         edits.append({"kind": "set_values", "units": [0, units.names[1]], "values": [0.5] * table.shape[1]})
         if model.task == "classification":
-            edits.append({"kind": "retrain_values", "x": x[:4], "y": torch.ones(4, dtype=torch.long), "steps": 5})
+            edits.append({"kind": "retrain_values", "x": x[:4], "y": torch.ones(4, dtype=torch.long), "steps": 5,
+                          "until_fixed": False})
     return edits
 
 

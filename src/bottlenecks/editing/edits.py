@@ -591,15 +591,19 @@ class RetrainValues(Edit):
     Args:
         x: ``(n, ...)`` the examples (as the model receives them).
         y: ``(n,)`` the labels they should get.
-        steps: Adam steps on those rows only.
+        steps: at most this many Adam steps on those rows only.
         lr: learning rate.
+        until_fixed: stop as soon as every example gets its label (classification): the
+            smallest change that does the job, which keeps other predictions (sharing the
+            same keys) from moving more than needed.
     """
 
     kind: ClassVar[str] = "retrain_values"
     x: Any = None
     y: Any = None
-    steps: int = 100
+    steps: int = 200
     lr: float = 0.05
+    until_fixed: bool = True
 
     def _data(self, model: nn.Module) -> tuple[Tensor, Tensor]:
         x = as_tensor(self.x, "retrain_values x")
@@ -640,9 +644,14 @@ class RetrainValues(Edit):
             opt = torch.optim.Adam([param], lr=float(self.lr))
             loss_fn = getattr(model, "task_loss", None) or (lambda yh, yy: nn.functional.cross_entropy(yh, yy))
             with torch.enable_grad():
+                classify = getattr(model, "task", "classification") == "classification"
+                taken = 0
                 for step in range(self.steps):
                     opt.zero_grad()
-                    loss = loss_fn(model(x)[0], y)
+                    y_hat = model(x)[0]
+                    if self.until_fixed and classify and bool((y_hat.argmax(-1) == y).all()):
+                        break
+                    loss = loss_fn(y_hat, y)
                     if step == 0 and (not loss.requires_grad or not _reaches(loss, param)):
                         raise ValueError(
                             f"the task output of {type(b).__name__} does not depend differentiably on its "
@@ -653,7 +662,8 @@ class RetrainValues(Edit):
                     opt.step()
                     with torch.no_grad():
                         table[~fetched] = keep  # untouched rows stay bit-identical
-            record.info["final_loss"] = float(loss.detach())
+                    taken += 1
+            record.info["steps"] = taken
         finally:
             for p, f in flags.items():
                 p.requires_grad_(f)
