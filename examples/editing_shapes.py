@@ -1,6 +1,7 @@
 """Editing a trained model on procedural Shapes: the numbers of docs/editing.md.
 
-    python examples/editing_shapes.py                 # ~1-3 min on 2 CPU cores once features are cached
+    python examples/editing_shapes.py                 # ~8 min on 2 shared CPU cores once the features
+                                                      # are cached (encoding them: ~5 min, once)
     python examples/editing_shapes.py --parts remove repair
 
 Features: frozen EfficientNet-Lite0 at 96 px input on 64 px images, computed once into the

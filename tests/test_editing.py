@@ -121,6 +121,9 @@ def test_every_bottleneck_takes_an_edit_and_reverts_bit_identically(cls):
         y1, z1 = _outputs(model, x)
         changed = not torch.equal(y1, y0) or not torch.equal(z1, z0) or bool(log.diff(-1)[0].changed)
         assert changed, f"{spec['kind']} changed nothing on {cls.__name__}"
+        if spec["kind"] in ("suppress_codes", "force_codes"):  # the switch does what it says
+            acts = b.unit_activations(model(x)[1])[:, b.units().index(spec["units"][0])]
+            assert bool((acts == 0).all()) if spec["kind"] == "suppress_codes" else bool((acts > 0).all())
         log.undo()
         _assert_same_state(model, state)
         y2, z2 = _outputs(model, x)
@@ -170,6 +173,26 @@ def test_save_load_keeps_the_log_and_the_predictions(tmp_path):
     assert torch.equal(_outputs(loaded, xt)[0], _outputs(model, xt)[0])
     loaded.edits.undo(4)
     assert torch.equal(_outputs(loaded, xt)[0], y0)
+
+
+def test_a_local_intervention_touches_only_its_examples():
+    b = ConceptBottleneck(16, concept_names=NAMES)
+    model = BottleneckModel(b, num_classes=9)
+    x = torch.randn(30, 16)
+    model(x, concepts=torch.zeros(30, len(NAMES)))  # (training mode) the layer has seen labels
+    model.eval()
+    probs0 = model(x)[1].probs.detach().clone()
+    model.edits.apply({"kind": "intervene", "values": {"red": 1.0, "circle": 0.0}, "examples": x[4:7]})
+    probs = model(x)[1].probs
+    assert bool((probs[4:7, 0] == 1).all() and (probs[4:7, 3] == 0).all())
+    assert torch.equal(torch.cat([probs[:4], probs[7:]]), torch.cat([probs0[:4], probs0[7:]]))
+    # an intervention passed to the call wins where it is set
+    values = torch.full((30, len(NAMES)), float("nan"))
+    values[:, 0] = 0.25
+    out = model(x, concepts=values, intervention_mask=~torch.isnan(values))[1]
+    assert bool((out.probs[:, 0] == 0.25).all() and (out.probs[4:7, 3] == 0).all())
+    model.edits.undo()
+    assert torch.equal(model(x)[1].probs, probs0)
 
 
 def _dkvb_model():
