@@ -380,12 +380,14 @@ def upgrade_config_args(args: list[str]) -> list[str]:
 #: ``bottlenecks NAME ...`` commands besides Lightning's fit/validate/test/predict: NAME -> "module:function",
 #: the function taking the remaining arguments and returning an exit code
 TOOLS = {
+    "edit": "bottlenecks.editing.cli:main",
     "report": "bottlenecks.analysis.html_report:report_main",
 }
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``bottlenecks`` console script.
+    """Entry point of the ``bottlenecks`` console script (``bottlenecks edit CHECKPOINT EDITS.yaml``
+    applies an edit file: :mod:`bottlenecks.editing.cli`).
 
     Every error ends with one line on stderr, ``bottlenecks: error: ...``, naming the file,
     option or row at fault, and exit code 2; set ``BOTTLENECKS_DEBUG=1`` for the traceback.

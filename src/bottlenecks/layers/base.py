@@ -19,7 +19,15 @@ hook                           default / meaning
 ``side_channel()``             None: no columns of ``z`` lie outside the readable units
 ``side_channel_parameters()``  ``[]``: no parameters that train with the head
 ``concept_supervision()``      None: the layer does not count concept labels
+``unit_readout()``             the head reads unit ``i`` through column ``i`` of ``z`` when the
+                               units are ``z``'s dimensions; else None (:class:`UnitReadout`)
+``unit_gates()``               ``{}``: no switches that force or suppress units
+``set_unit_gates(gates)``      error: the layer has no gates
+``unit_table()``               None: no per-unit stored vector (code, key value) to overwrite
 =============================  ==============================================================
+
+The last four are what :mod:`bottlenecks.editing` edits through: head edits need a readout,
+code edits need gates, key–value edits need a unit table.
 
 Concept layers derive from :class:`ConceptLayer`, which fills in the concept side
 (units are the named concepts, read as probabilities after intervention; the concept
@@ -125,6 +133,23 @@ class Units:
     def indices(self, units: Iterable[str | int]) -> list[int]:
         """Columns of several units."""
         return [self.index(u) for u in units]
+
+
+@dataclass(frozen=True)
+class UnitReadout:
+    """Which linear map reads the units, and through which of its input columns.
+
+    Attributes:
+        columns: for each unit (in :meth:`Bottleneck.units` order) the input columns of the
+            reading linear map that carry it (one column for a concept probability, a block
+            for a concept embedding).
+        linear: the reading ``nn.Linear`` when it lies inside the bottleneck (a decoder that
+            turns the units into the task output); None: the model's head reads ``z``, and
+            the columns are columns of ``z``.
+    """
+
+    columns: tuple[tuple[int, ...], ...]
+    linear: nn.Linear | None = None
 
 
 class TextEncoder(Protocol):
@@ -241,6 +266,50 @@ class Bottleneck(NamedConcepts, nn.Module):
     def concept_supervision(self) -> int | None:
         """How many labelled concept entries the layer saw while training; 0 means its
         concept units carry names but no meaning. None: not counted (no concepts)."""
+        return None
+
+    # ------------------------------------------------------------------ editing
+    def unit_readout(self) -> UnitReadout | None:
+        """How a linear map reads the units (head edits re-weight these columns), or None when
+        no linear map reads them unit by unit (codes, a task output computed inside).
+
+        Default: when the units are the default ones (``z``'s dimensions) and a head reads
+        ``z``, unit ``i`` is column ``i`` of ``z``; otherwise None.
+        """
+        if type(self).units is Bottleneck.units and not self.predicts_task:
+            return UnitReadout(tuple((i,) for i in range(self.out_features)))
+        return None
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """Switches that act on units at inference, by name (``"suppressed"``, ``"forced"``):
+        bool ``(n_units,)`` copies, True where the switch is on. Default: none."""
+        return {}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        """Set the switches of :meth:`unit_gates` (every name it returns, same shapes); raise a
+        clear error, changing nothing, when the combination is impossible."""
+        raise ValueError(
+            f"{type(self).__name__} has no switches to force or suppress its {self.units().kind}s "
+            "(unit_gates() is empty)"
+        )
+
+    def _check_gates(self, gates: dict[str, Tensor], names: tuple[str, ...]) -> dict[str, Tensor]:
+        """Validate gates for :meth:`set_unit_gates`: exactly ``names``, bool ``(n_units,)``."""
+        n = len(self.units())
+        if set(gates) != set(names):
+            raise ValueError(f"{type(self).__name__} has gates {list(names)}, got {sorted(gates)}")
+        out = {}
+        for k, g in gates.items():
+            g = torch.as_tensor(g)
+            if g.dtype != torch.bool or tuple(g.shape) != (n,):
+                raise ValueError(f"gate {k!r} must be a bool tensor of shape ({n},), got {g.dtype} {tuple(g.shape)}")
+            out[k] = g
+        return out
+
+    def unit_table(self) -> Tensor | None:
+        """The stored vector of every unit, ``(n_units, dim)``, as a view of the parameter or
+        buffer that holds it (a key's value, a code's vector): writing into it edits the
+        model. Default: None (the units store no vectors)."""
         return None
 
     # ------------------------------------------------------------- validation
@@ -370,6 +439,12 @@ class ConceptLayer(Bottleneck):
 
     def concept_supervision(self) -> int | None:
         return int(self.concept_labels_seen)
+
+    def unit_readout(self) -> UnitReadout | None:
+        """Concept ``i`` is column ``i`` of ``z`` (``[concepts | residual]``) when a head reads it."""
+        if self.predicts_task:
+            return None
+        return UnitReadout(tuple((i,) for i in range(self.n_concepts)))
 
 
 def resolve_concept_names(

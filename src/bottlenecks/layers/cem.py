@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, UnitReadout, apply_intervention
 from bottlenecks.naming import accepts_renamed
-from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, apply_intervention
 from bottlenecks.layers.blocks import hidden_layers
 
 
@@ -122,3 +122,8 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
         mixed = probs.unsqueeze(-1) * pos + (1 - probs.unsqueeze(-1)) * neg
         z = rearrange(mixed, "b k m -> b (k m)")
         return BottleneckOutput(z=z, concepts=logits, probs=probs, extras={"embeddings": mixed})
+
+    def unit_readout(self) -> UnitReadout:
+        """Concept ``i`` is read through its block of ``embedding_dim`` columns of ``z``."""
+        m = self.embedding_dim
+        return UnitReadout(tuple(tuple(range(i * m, (i + 1) * m)) for i in range(self.n_concepts)))

@@ -32,7 +32,9 @@ class CodebookFeatures(Bottleneck):
     Interventions (inference-time edits, stored in buffers so they travel with the
     checkpoint): :meth:`force` makes codes always active (they take the slots of the
     weakest chosen codes), :meth:`suppress` makes codes never active,
-    :meth:`clear_interventions` undoes both.
+    :meth:`clear_interventions` undoes both. These are the low-level switches
+    (:meth:`unit_gates`); on a trained model prefer the logged, reversible edits
+    ``force_codes`` / ``suppress_codes`` of :mod:`bottlenecks.editing`.
 
     Args:
         in_features: width of the hidden vectors.
@@ -196,6 +198,27 @@ class CodebookFeatures(Bottleneck):
             raise ValueError(f"suppressing these codes would leave fewer than k={self.top_k} codes")
         self.suppressed[idx] = True
         self.forced[idx] = False
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"forced": (K,), "suppressed": (K,)}`` — the switches of :meth:`force` / :meth:`suppress`."""
+        return {"forced": self.forced.clone(), "suppressed": self.suppressed.clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("forced", "suppressed"))
+        forced, suppressed = g["forced"].to(self.forced.device), g["suppressed"].to(self.forced.device)
+        if bool((forced & suppressed).any()):
+            both = (forced & suppressed).nonzero().flatten().tolist()
+            raise ValueError(f"codes {both} cannot be both forced and suppressed")
+        if int(forced.sum()) > self.k:
+            raise ValueError(f"cannot force more than k={self.k} codes, got {int(forced.sum())}")
+        if int(suppressed.sum()) > self.codebook_size - self.k:
+            raise ValueError(f"suppressing {int(suppressed.sum())} codes would leave fewer than k={self.k} codes")
+        self.forced.copy_(forced)
+        self.suppressed.copy_(suppressed)
+
+    def unit_table(self) -> Tensor:
+        """The codes ``(codebook_size, in_features)`` (a view of the codebook)."""
+        return self.codebook.data
 
     def clear_interventions(self) -> None:
         """Undo every :meth:`force` and :meth:`suppress`."""

@@ -282,6 +282,11 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         offsets = (torch.arange(C, device=out.codes.device) * J).repeat_interleave(k)
         return one_hot_units(out.codes, C * J, offsets)
 
+    def unit_table(self) -> Tensor:
+        """The values ``(num_heads * keys_per_head, value_dim)``, row ``c * J + j`` = unit
+        ``head{c}/key{j}`` (a view of :attr:`values`)."""
+        return self.values.data.view(self.num_heads * self.keys_per_head, self.value_dim)
+
     # -------------------------------------------------------------- optimiser
     def optimizer_param_groups(self) -> list[dict[str, Any]]:
         """Optimiser settings that keep un-fetched values bit-identical under any optimiser.

@@ -281,6 +281,21 @@ class VectorQuantizer(Bottleneck):
             offsets = torch.arange(self.groups, device=out.codes.device) * self.codebook_size
         return one_hot_units(out.codes, self.groups * self.codebook_size, offsets)
 
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (groups * codebook_size,)}`` — the codes never chosen."""
+        return {"suppressed": self.blocked.reshape(-1).clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"].view(self.groups, self.codebook_size)
+        full = g.all(-1)
+        if bool(full.any()):
+            raise ValueError(f"cannot suppress every code of codebook {int(full.nonzero()[0])}")
+        self.blocked.copy_(g)
+
+    def unit_table(self) -> Tensor:
+        """The codes ``(groups * codebook_size, code_dim)`` (a view of the codebook)."""
+        return self.codebook.data.view(self.groups * self.codebook_size, self.code_dim)
+
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
     def _update(self, x: Tensor, flat: Tensor, counts: Tensor) -> None:
@@ -339,7 +354,10 @@ class VectorQuantizer(Bottleneck):
         return stale.float().mean()
 
     def suppress(self, codes: list[int], head: int = 0, suppressed: bool = True) -> None:
-        """Never choose ``codes`` (of codebook ``head``) again, or allow them again."""
+        """Never choose ``codes`` (of codebook ``head``) again, or allow them again.
+
+        The low-level switch; on a trained model prefer the logged, reversible
+        ``suppress_codes`` edit of :mod:`bottlenecks.editing`."""
         g = 0 if self.groups == 1 else head
         if not 0 <= g < self.groups:
             raise ValueError(f"head must lie in [0, {self.num_heads}), got {head}")
@@ -448,6 +466,19 @@ class ResidualVectorQuantizer(Bottleneck):
         offsets = torch.arange(self.num_quantizers, device=out.codes.device) * K
         return one_hot_units(out.codes, self.num_quantizers * K, offsets)
 
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (num_quantizers * codebook_size,)}``, stage by stage."""
+        return {"suppressed": torch.cat([s.unit_gates()["suppressed"] for s in self.stages])}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"]
+        parts = g.view(self.num_quantizers, -1)
+        for i, part in enumerate(parts):
+            if bool(part.all()):
+                raise ValueError(f"cannot suppress every code of stage {i}")
+        for stage, part in zip(self.stages, parts):
+            stage.set_unit_gates({"suppressed": part})
+
 
 # --------------------------------------------------------------------------- FSQ
 class FiniteScalarQuantizer(Bottleneck):
@@ -480,6 +511,12 @@ class FiniteScalarQuantizer(Bottleneck):
         self.register_buffer("_basis", basis, persistent=False)
         self.project_in = nn.Linear(in_features, len(self.levels))
         self.project_out = nn.Linear(len(self.levels), self.out_features)
+        self.register_buffer("blocked", torch.zeros(self.codebook_size, dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # checkpoints written before code suppression existed have no `blocked` buffer
+        state_dict.setdefault(prefix + "blocked", torch.zeros(self.codebook_size, dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _bound(self, u: Tensor) -> Tensor:
         """Squash ``(batch, D)`` so that rounding gives ``L_i`` values per scalar."""
@@ -491,8 +528,14 @@ class FiniteScalarQuantizer(Bottleneck):
     def quantize_scalars(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Rounded scalars in ``[-1, 1]`` ``(batch, D)`` (straight-through) and codes ``(batch,)``."""
         b = self._bound(u)
-        r = b + (torch.round(b) - b).detach()
         half_width = torch.div(self._levels, 2, rounding_mode="floor")
+        if bool(self.blocked.any()):
+            # suppressed codes: the nearest allowed point of the implicit codebook instead
+            grid = self.codes_to_scalars(torch.arange(self.codebook_size, device=b.device)) * half_width
+            dist = torch.cdist(b.detach(), grid).masked_fill(self.blocked, float("inf"))
+            codes = dist.argmin(-1)
+            return (b + (grid[codes] - b).detach()) / half_width, codes
+        r = b + (torch.round(b) - b).detach()
         digits = (torch.round(b).detach() + half_width).long()
         codes = (digits * self._basis).sum(-1)
         return r / half_width, codes
@@ -517,6 +560,16 @@ class FiniteScalarQuantizer(Bottleneck):
 
     def unit_activations(self, out: BottleneckOutput) -> Tensor:
         return one_hot_units(out.codes, self.codebook_size)
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (codebook_size,)}`` — codes replaced by the nearest allowed one."""
+        return {"suppressed": self.blocked.clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"]
+        if bool(g.all()):
+            raise ValueError("cannot suppress every code of the implicit codebook")
+        self.blocked.copy_(g)
 
     def codes_to_scalars(self, codes: Tensor) -> Tensor:
         """Code indices ``(n,)`` → their rounded scalars in ``[-1, 1]`` ``(n, D)``."""

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bottlenecks.estimators.kernel import BandwidthRule
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, UnitReadout, Units
 from bottlenecks.naming import accepts_renamed
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, Units
 from bottlenecks.layers.blocks import activation as make_activation
 from bottlenecks.layers.blocks import mlp
 from bottlenecks.losses.contrastive_vib import gate_compression, info_nce
@@ -212,6 +212,14 @@ class CSIBBottleneck(Bottleneck):
 
     def units(self) -> Units:
         return Units("latent", tuple(f"t{i}" for i in range(self.latent_dim)))
+
+    def unit_readout(self) -> UnitReadout | None:
+        """Unit ``t{i}`` is input column ``i`` of the decoder, when the decoder is one Linear
+        (no ``decoder_hidden``)."""
+        layers = list(self.decoder) if isinstance(self.decoder, nn.Sequential) else [self.decoder]
+        if len(layers) == 1 and isinstance(layers[0], nn.Linear):
+            return UnitReadout(tuple((i,) for i in range(self.latent_dim)), linear=layers[0])
+        return None
 
     def unit_activations(self, out: BottleneckOutput) -> Tensor:
         return out.extras["t"]

@@ -410,6 +410,39 @@ class BottleneckModel(L.LightningModule):
         y = torch.cat(ys)[:n] if len(ys) == len(xs) else None
         return torch.cat(xs)[:n], c, y
 
+    # ------------------------------------------------------------------ editing
+    @property
+    def edits(self) -> Any:
+        """The model's :class:`~bottlenecks.editing.EditLog`: apply, undo, redo, list, diff."""
+        from bottlenecks.editing.log import edit_log
+
+        return edit_log(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the edit log as plain data (it loads with ``weights_only=True``)."""
+        log = self.__dict__.get("_edit_log")
+        if log is not None and (log.applied or log.undone):
+            checkpoint["edit_log"] = log.state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the parameters are loaded after this hook: the log is attached in load_state_dict
+        self.__dict__["_pending_edit_log"] = checkpoint.get("edit_log", {})
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        pending = self.__dict__.pop("_pending_edit_log", None)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if pending is not None:  # loading a checkpoint: its edit log replaces the current one
+            from bottlenecks.editing.log import EditLog
+
+            log = EditLog(self)
+            if pending:
+                log.load_state(pending)
+            old = self.__dict__.get("_edit_log")
+            for edit in old.applied if old is not None else []:
+                edit._detach()
+            self.__dict__["_edit_log"] = log
+        return result
+
     # -------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
         hp = self.hparams
