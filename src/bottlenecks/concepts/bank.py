@@ -103,10 +103,12 @@ def learn_cavs(
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Concept activation vectors for every column of ``concepts`` in one batched solve.
 
-    Minimises, over ``W (dim, k)`` and ``b (k,)``, the mean over concepts of a
+    Minimises, over ``W (dim, k)`` and ``b (k,)``, the sum over concepts of a
     class-balanced binary cross-entropy on each concept's labelled rows (positives and
     negatives weigh half each) plus ``l2 / 2 * ||W||²``, by full-batch L-BFGS on
     standardised features; the result is mapped back to the features' own coordinates.
+    The objective separates by column, so the batched solve gives each concept the CAV it
+    would get alone.
 
     Args:
         x: ``(n, dim)`` features.
@@ -169,7 +171,8 @@ def learn_cavs(
             opt.zero_grad()
             logits = torch.addmm(w[-1], xs, w[:-1])
             bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-            loss = (bce * weight).sum() / k + 0.5 * l2 * w[:-1].pow(2).sum()
+            # a sum over concepts, not a mean: each column is its own problem, whatever k is
+            loss = (bce * weight).sum() + 0.5 * l2 * w[:-1].pow(2).sum()
             loss.backward()
             return loss
 

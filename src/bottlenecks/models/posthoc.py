@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -247,15 +248,34 @@ def _side_modules(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def fit_residual(model: nn.Module, x: Tensor, y: Tensor, l2: float = 1e-3, max_iter: int = 200) -> None:
+def fit_residual(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    l2: float | Sequence[float] = (1e-2, 1e-1, 1.0, 10.0),
+    x_val: Tensor | None = None,
+    y_val: Tensor | None = None,
+    max_iter: int = 200,
+) -> float:
     """PCBM-h: fit the bottleneck's side channel (:meth:`side_channel_parameters`) on ``(x, y)`` with
-    everything else — concept projection and head — frozen. Minimises mean cross-entropy plus
-    ``l2 / 2 ||θ||²`` by full-batch L-BFGS (the residual is linear, so this is convex)."""
+    everything else — concept projection and head — frozen.
+
+    Minimises mean cross-entropy plus ``l2 / 2 ||θ||²`` by full-batch L-BFGS (the residual is
+    linear, so this is convex). With several ``l2`` values and a validation split, each is
+    fitted (warm-started from the previous, strongest first) and the best on validation kept.
+
+    Returns:
+        The ``l2`` kept.
+    """
     params = _side_modules(model)
     if not params:
         raise ValueError(f"{type(model.bottleneck).__name__} has no side channel to fit (construct it with residual=True)")
-    x = torch.as_tensor(x).float()
-    y = torch.as_tensor(y).long()
+    grid = sorted([float(l2)] if isinstance(l2, (int, float)) else [float(v) for v in l2], reverse=True)
+    if len(grid) > 1 and (x_val is None or y_val is None):
+        raise ValueError("choosing the residual's l2 among several values needs a validation split (x_val, y_val)")
+    dev = params[0].device
+    x = torch.as_tensor(x).float().to(dev)
+    y = torch.as_tensor(y).long().to(dev)
     was = model.training
     model.eval()
     frozen = [(p, p.requires_grad) for p in model.parameters()]
@@ -263,24 +283,36 @@ def fit_residual(model: nn.Module, x: Tensor, y: Tensor, l2: float = 1e-3, max_i
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
+    best: tuple[float, float, list[Tensor]] | None = None
     try:
         with torch.inference_mode(False), torch.enable_grad():
             h = model.norm(x)
-            opt = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
-                                    history_size=20, line_search_fn="strong_wolfe")
+            for reg in grid:
+                opt = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+                                        history_size=20, line_search_fn="strong_wolfe")
 
-            def closure() -> Tensor:
-                opt.zero_grad()
-                logits = model.head(model.bottleneck(h).z)
-                loss = F.cross_entropy(logits, y) + 0.5 * l2 * sum(p.pow(2).sum() for p in params)
-                loss.backward()
-                return loss
+                def closure() -> Tensor:
+                    opt.zero_grad()
+                    logits = model.head(model.bottleneck(h).z)
+                    loss = F.cross_entropy(logits, y) + 0.5 * reg * sum(p.pow(2).sum() for p in params)
+                    loss.backward()
+                    return loss
 
-            opt.step(closure)
+                opt.step(closure)
+                if len(grid) > 1:
+                    acc, _ = _accuracy(model, torch.as_tensor(x_val).float(), y_val)
+                    if best is None or acc > best[0]:
+                        best = (acc, reg, [p.detach().clone() for p in params])
     finally:
         for p, rg in frozen:
             p.requires_grad_(rg)
         model.train(was)
+    if best is None:
+        return grid[0]
+    with torch.no_grad():
+        for p, v in zip(params, best[2]):
+            p.copy_(v)
+    return best[1]
 
 
 # --------------------------------------------------------------------- whole fits
@@ -293,7 +325,7 @@ class PosthocFit:
     concept_accuracy: dict[str, float] = field(default_factory=dict)
     nonzero_weights: int = 0
     n_weights: int = 0
-    useless_concepts: list[str] = field(default_factory=list)
+    residual_l2: float | None = None
 
     def table(self) -> str:
         rows = [f"{'split':<8}{'concept head':>14}{'model':>10}"]
@@ -381,7 +413,7 @@ def fit_posthoc_cbm(
     prior: Any = None,
     prior_weight: float = 1e-2,
     prior_scale: float = 1.0,
-    residual_l2: float = 1e-3,
+    residual_l2: float | Sequence[float] = (1e-2, 1e-1, 1.0, 10.0),
     seed: int = 0,
 ) -> PosthocFit:
     """Fit a post-hoc CBM end to end on a feature datamodule (``data.split("train")`` ...).
@@ -390,7 +422,8 @@ def fit_posthoc_cbm(
        statistics) on the training split;
     2. the concept head (:func:`fit_sparse_head`, or :func:`fit_prior_head` with ``head="prior"``)
        on the training split's concept units, loaded into ``model.head``;
-    3. with a side channel (PCBM-h): :func:`fit_residual` on the training split.
+    3. with a side channel (PCBM-h): :func:`fit_residual` on the training split, its ``l2``
+       chosen on the validation split when several are given.
 
     Returns:
         A :class:`PosthocFit` with train/val/test accuracies (those the data has).
@@ -399,9 +432,12 @@ def fit_posthoc_cbm(
     W, _ = fit_concept_head(model, x, y, head=head, lam=lam, l1_ratio=l1_ratio, solver=solver, prior=prior,
                             prior_weight=prior_weight, prior_scale=prior_scale,
                             class_names=getattr(data, "class_names", None), seed=seed)
-    if model.bottleneck.side_channel_parameters():
-        fit_residual(model, x, y, l2=residual_l2)
     res = PosthocFit(nonzero_weights=int((W.abs() > 1e-6).sum()), n_weights=W.numel())
+    if model.bottleneck.side_channel_parameters():
+        xv = yv = None
+        if not isinstance(residual_l2, (int, float)):
+            xv, yv, _ = split_rows(data, "val")
+        res.residual_l2 = fit_residual(model, x, y, l2=residual_l2, x_val=xv, y_val=yv)
     for split in ("train", "val", "test"):
         try:
             xs, ys, _ = split_rows(data, split)
