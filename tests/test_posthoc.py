@@ -175,7 +175,6 @@ def _config(tmp_path, concept_arrays, residual, extra_bottleneck=None):
     }, tmp_path / "runs" / name / "version_0"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("residual", [False, True], ids=["pcbm", "pcbm_h"])
 def test_pcbm_and_pcbm_h_train_from_yaml_and_reload(tmp_path, concept_arrays, residual):
     config, run = _config(tmp_path, concept_arrays, residual)
