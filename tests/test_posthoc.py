@@ -18,6 +18,7 @@ from bottlenecks.data.datamodule import ArrayDataModule
 from bottlenecks.layers.posthoc import PosthocConceptBottleneck
 from bottlenecks.models.module import BottleneckModel
 from bottlenecks.models.posthoc import fit_posthoc_cbm, fit_sparse_head
+from test_encoders import tiny_clip  # noqa: F401 - fixture
 
 NAMES = list("abcde")
 
@@ -193,3 +194,40 @@ def test_pcbm_and_pcbm_h_train_from_yaml_and_reload(tmp_path, concept_arrays, re
     if residual:
         assert model.bottleneck.side_channel() == slice(5, 9)
         assert out.z.shape == (500, 9)
+
+
+def test_a_concept_set_file_becomes_a_text_bank_from_yaml_with_paired_clip_towers(tmp_path, tiny_clip, capsys):
+    """open_clip's image and text towers share one space: data.text_encoder embeds the concept
+    set's sentences when fitting starts (random tiny weights: the route, not the accuracy)."""
+    from bottlenecks.data.assets import asset_path
+
+    _, cfg_path, ckpt = tiny_clip
+    spec = {"name": "open_clip:bn-tiny-clip", "pretrained": ckpt, "model_config": cfg_path}
+    config = {
+        "seed_everything": 0, "test_after_fit": True,
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "logger": False,
+                    "default_root_dir": str(tmp_path / "runs"),
+                    "callbacks": [{"class_path": "bottlenecks.models.posthoc.PosthocCBMFit"},
+                                  {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
+        "model": {"class_path": "bottlenecks.models.module.BottleneckModel", "init_args": {"bottleneck": {
+            "class_path": "bottlenecks.layers.posthoc.PosthocConceptBottleneck",
+            "init_args": {"concept_set": str(asset_path("shapes_concepts.txt"))}}}},
+        "data": {"class_path": "bottlenecks.data.modules.ShapesDataModule",
+                 "init_args": {"n_train": 200, "n_val": 50, "n_test": 50, "image_size": 32, "encoder": spec,
+                               "text_encoder": spec, "cache_dir": str(tmp_path / "cache")}},
+    }
+    (tmp_path / "text.yaml").write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(tmp_path / "text.yaml")])
+    model = BottleneckModel.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    b = model.bottleneck
+    assert list(b.units())[:3] == ["red", "green", "blue"] and b.concept_bank().source == "text"
+    assert b.concept_supervision() == -1 and b.vectors.shape == (10, 16)
+    # the same concept set with a text encoder of another width is refused, naming both widths
+    config["data"]["init_args"]["text_encoder"] = "minilm"
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    config["trainer"]["default_root_dir"] = str(tmp_path / "runs_bad")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(tmp_path / "bad.yaml")])
+    assert "384-dimensional (the vectors are minilm text embeddings" in capsys.readouterr().err
