@@ -28,8 +28,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-
 from bottlenecks.analysis.concept_share import concept_share
 from bottlenecks.analysis.probes import linear_probe
 from bottlenecks.concepts import ConceptBank, encoder_id, shapes_concept_set

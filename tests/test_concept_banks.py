@@ -2,7 +2,6 @@
 Label-free CBM txt, CSV), with the bad inputs each must refuse."""
 
 import json
-import warnings
 
 import pytest
 import torch

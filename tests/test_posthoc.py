@@ -196,6 +196,7 @@ def test_pcbm_and_pcbm_h_train_from_yaml_and_reload(tmp_path, concept_arrays, re
         assert out.z.shape == (500, 9)
 
 
+@pytest.mark.slow
 def test_a_concept_set_file_becomes_a_text_bank_from_yaml_with_paired_clip_towers(tmp_path, tiny_clip, capsys):
     """open_clip's image and text towers share one space: data.text_encoder embeds the concept
     set's sentences when fitting starts (random tiny weights: the route, not the accuracy)."""
