@@ -7,6 +7,7 @@ from bottlenecks.layers.codebook_features import CodebookFeatures
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
+from bottlenecks.layers.posthoc import PosthocConceptBottleneck
 from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
 from bottlenecks.layers.surgery import CodebookModel, insert_codebooks
 from bottlenecks.layers.stochastic import (
@@ -35,6 +36,7 @@ __all__ = [
     "GaussianBottleneck",
     "IdentityBottleneck",
     "NoisyBottleneck",
+    "PosthocConceptBottleneck",
     "ResidualVectorQuantizer",
     "VectorQuantizer",
 ]
@@ -44,6 +46,7 @@ BOTTLENECKS = [
     ConceptBottleneck,
     ConceptEmbeddingBottleneck,
     EnergyConceptBottleneck,
+    PosthocConceptBottleneck,
     IdentityBottleneck,
     VectorQuantizer,
     ResidualVectorQuantizer,
