@@ -1,0 +1,58 @@
+"""Analysis of trained bottleneck models: interventions, information plane, probes, attribution
+(captum, through the frozen encoder) and concept-quality metrics."""
+
+from bottlenecks.analysis.attribution import (
+    METHODS,
+    ClassLogits,
+    Contributions,
+    UnitActivations,
+    attribute,
+    attribution_map,
+    concept_activation_maps,
+    spatial_layer,
+    unit_contributions,
+)
+from bottlenecks.analysis.concept_metrics import (
+    CUB_ATTRIBUTE_PARTS,
+    LocationScores,
+    causal_concept_effect,
+    completeness_score,
+    concept_alignment_score,
+    concept_location,
+    concept_part_masks,
+    concept_purity_matrix,
+    cooccurrence_matrix,
+    existence_score,
+    global_importance,
+    keypoint_masks,
+    location_scores,
+    niche_impurity_score,
+    oracle_impurity_score,
+)
+
+__all__ = [
+    "CUB_ATTRIBUTE_PARTS",
+    "METHODS",
+    "ClassLogits",
+    "Contributions",
+    "LocationScores",
+    "UnitActivations",
+    "attribute",
+    "attribution_map",
+    "causal_concept_effect",
+    "completeness_score",
+    "concept_activation_maps",
+    "concept_alignment_score",
+    "concept_location",
+    "concept_part_masks",
+    "concept_purity_matrix",
+    "cooccurrence_matrix",
+    "existence_score",
+    "global_importance",
+    "keypoint_masks",
+    "location_scores",
+    "niche_impurity_score",
+    "oracle_impurity_score",
+    "spatial_layer",
+    "unit_contributions",
+]
