@@ -228,6 +228,12 @@ def _check_differentiable(fn: nn.Module, x: Tensor, target: int | None, what: st
             f"{what} is a discrete {kind} unit (a one-hot selection, not differentiable): {method} gets no "
             "gradient through it; use method='occlusion' (perturbation-based) for discrete units"
         )
+    (grad,) = torch.autograd.grad(y.sum(), probe, allow_unused=True)
+    if grad is None:
+        raise ValueError(
+            f"{what} is not connected to the input by autograd (the graph is cut between input and output, "
+            f"e.g. by inference_mode or a detach): {method} needs that gradient; use method='occlusion'"
+        )
 
 
 def attribute(
