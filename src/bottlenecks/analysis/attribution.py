@@ -223,6 +223,8 @@ def _check_differentiable(fn: nn.Module, x: Tensor, target: int | None, what: st
     with torch.enable_grad():
         y = fn(probe)
         y = y[:, target] if target is not None else y
+    if not y.requires_grad and kind == "class":
+        raise ValueError(f"{what} has no gradient with respect to the input: {method} cannot run; use method='occlusion'")
     if not y.requires_grad:
         raise ValueError(
             f"{what} is a discrete {kind} unit (a one-hot selection, not differentiable): {method} gets no "
