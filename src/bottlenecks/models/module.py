@@ -184,13 +184,23 @@ class BottleneckModel(L.LightningModule):
                 f"expected features (batch, {self.bottleneck.in_features}) or images (batch, 3, H, W), "
                 f"got shape {tuple(x.shape)}"
             )
-        if self._encoder_spec is None:
+        encoder = self.frozen_encoder()
+        if encoder is None:
             raise ValueError("this model was given images but has no encoder; pass features instead")
+        return encoder.to(x.device).encode(x)
+
+    def frozen_encoder(self) -> Any:
+        """The frozen encoder (:class:`~bottlenecks.encoders.base.FrozenEncoder`) that turns raw
+        images into this model's features, or None when the model only sees features.
+
+        It is the data side's shared instance, never a submodule: frozen weights are not part
+        of the checkpoint. Attribution runs it with autograd on (gradients reach the pixels).
+        """
+        if self._encoder_spec is None:
+            return None
         from bottlenecks.encoders import shared_encoder
 
-        # the data side's encoder instance, never a submodule: frozen weights are not part of
-        # the checkpoint
-        return shared_encoder(self._encoder_spec).to(x.device).encode(x)
+        return shared_encoder(self._encoder_spec)
 
     def forward(
         self,
