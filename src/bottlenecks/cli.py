@@ -1,4 +1,6 @@
-"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``.
+"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``,
+and ``bottlenecks report RUN_DIR`` (an offline HTML page of a trained run,
+:mod:`bottlenecks.analysis.html_report`).
 
 A LightningCLI in subclass mode: ``model:`` and ``data:`` take any class path,
 and the data's feature width, concept names, number of classes and task are
@@ -429,6 +431,14 @@ def main(args: list[str] | None = None) -> None:
     Every error ends with one line on stderr, ``bottlenecks: error: ...``, naming the file,
     option or row at fault, and exit code 2; set ``BOTTLENECKS_DEBUG=1`` for the traceback.
     """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "report":
+        from bottlenecks.analysis.html_report import report_main
+
+        code = report_main(argv[1:])
+        if code:
+            sys.exit(code)
+        return
     subcommands = ("fit", "validate", "test", "predict")
     try:
         args = upgrade_config_args(sys.argv[1:] if args is None else args)

@@ -39,6 +39,9 @@ class ConceptDataset(NamedConcepts, Dataset):
         kind: ``"image"`` when ``x`` is a ``(3, H, W)`` image in ``[0, 1]``,
             ``"features"`` when ``x`` is already a vector.
         class_names: optional readable class names.
+        image_shape: for ``kind == "features"`` data whose vector is a flattened picture
+            (sklearn digits: ``(8, 8)``), its ``(H, W)`` or ``(C, H, W)`` shape, so reports can
+            show examples as images; None otherwise.
     """
 
     concept_names: list[str] | None = None
@@ -46,6 +49,7 @@ class ConceptDataset(NamedConcepts, Dataset):
     task: Task = "classification"
     kind: Literal["image", "features"] = "image"
     class_names: list[str] | None = None
+    image_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -117,7 +121,7 @@ class ConceptSubset(ConceptDataset):
         self.dataset = dataset
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.tag = tag
-        for attr in ("concept_names", "num_classes", "task", "kind", "class_names"):
+        for attr in ("concept_names", "num_classes", "task", "kind", "class_names", "image_shape"):
             setattr(self, attr, getattr(dataset, attr))
 
     def __len__(self) -> int:
