@@ -207,6 +207,7 @@ def make_context(
     top_k: int = 8,
     n_example_units: int = 6,
     datamodule: Any = None,
+    model: Any = None,
 ) -> ReportContext:
     """Load a run (model, metrics, data) into a :class:`ReportContext`.
 
@@ -216,6 +217,8 @@ def make_context(
         split: the split to analyse (``"train"``, ``"val"``, ``"test"``).
         max_examples: analyse at most this many rows of the split (the first ones).
         datamodule: use this datamodule instead of building the one in ``config.yaml``.
+        model: use this trained model instead of reading a checkpoint (a model built in
+            Python, whose checkpoint cannot rebuild its bottleneck from hyperparameters).
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -224,8 +227,12 @@ def make_context(
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     if max_examples < 1:
         raise ValueError(f"max_examples must be at least 1, got {max_examples}")
-    ckpt = Path(checkpoint) if checkpoint is not None else find_checkpoint(run)
-    model = load_run_model(ckpt)
+    if model is not None:
+        ckpt = Path(checkpoint) if checkpoint is not None else Path("(the model given in Python)")
+        model = model.cpu().eval()
+    else:
+        ckpt = Path(checkpoint) if checkpoint is not None else find_checkpoint(run)
+        model = load_run_model(ckpt)
     csv_path = run / "metrics.csv"
     ctx = ReportContext(
         run_dir=run,
@@ -533,20 +540,21 @@ def build_report(
     sections: Sequence[SectionBuilder] | None = None,
     extra_sections: Sequence[SectionBuilder] = (),
     datamodule: Any = None,
+    model: Any = None,
 ) -> Path:
     """Write the HTML report of a run and return its path (default ``RUN_DIR/report.html``).
 
     Args:
         run_dir: the run directory.
         out: where to write the page.
-        checkpoint, split, max_examples, datamodule: see :func:`make_context`.
+        checkpoint, split, max_examples, datamodule, model: see :func:`make_context`.
         top_k: examples per unit in the example grids.
         n_example_units: how many units get an example grid.
         sections: the builders to use (default :data:`DEFAULT_SECTIONS`).
         extra_sections: builders appended after ``sections`` (attribution, edits, ...).
     """
     ctx = make_context(run_dir, checkpoint=checkpoint, split=split, max_examples=max_examples, top_k=top_k,
-                       n_example_units=n_example_units, datamodule=datamodule)
+                       n_example_units=n_example_units, datamodule=datamodule, model=model)
     page = render_html(ctx, list(sections if sections is not None else DEFAULT_SECTIONS) + list(extra_sections))
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,18 +43,26 @@ __all__ = [
     "plot_unit_classes",
     "plot_unit_contributions",
     "plot_unit_usage",
+    "pyplot",
     "read_metrics_csv",
 ]
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot``, on the headless Agg backend unless pyplot was already set up
+    (a notebook's inline backend is kept: switching to Agg would stop figures from showing)."""
+    import sys
+
     import matplotlib
 
-    if "matplotlib.pyplot" not in __import__("sys").modules:
-        matplotlib.use("Agg", force=False)  # headless unless a backend (e.g. inline) was chosen
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_plt = pyplot
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> Any:
