@@ -55,6 +55,8 @@ def _images(page):
 
 @pytest.mark.slow
 def test_report_of_a_concept_model_on_images(shapes_run, capsys):
+    # the run drew its own curves at the end (RunReport), with no extra step
+    assert (shapes_run / "curves.png").read_bytes().startswith(b"\x89PNG")
     main(["report", str(shapes_run)])
     assert "report:" in capsys.readouterr().out
     page = (shapes_run / "report.html").read_text()
