@@ -16,7 +16,8 @@ from bottlenecks.analysis.units import (
     unit_contributions,
     unit_report,
 )
-from bottlenecks.layers import BOTTLENECKS
+from bottlenecks.layers import BOTTLENECKS, IdentityBottleneck
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, Units, one_hot_units
 from bottlenecks.models.module import BottleneckModel
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -130,6 +131,38 @@ def test_dead_units_raise_the_alarm():
     with pytest.warns(DeadUnitWarning, match="15 of 16 code units"):
         rep = unit_report(vq, torch.zeros(30, 12) + 0.5)
     assert rep.usage.max() == 1.0 and rep.perplexity() == pytest.approx(1.0)
+
+
+class SharedCodes(Bottleneck):
+    """Two slots that pick from one shared codebook of 4 codes: a code can fire twice per example."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_features, self.out_features = 2, 2
+
+    def forward(self, h, concepts=None, intervention_mask=None):
+        codes = h.long().clamp(0, 3)  # (batch, 2) code of each slot
+        return BottleneckOutput(z=h, codes=codes)
+
+    def units(self):
+        return Units("code", ("c0", "c1", "c2", "c3"))
+
+    def unit_activations(self, out):
+        return one_hot_units(out.codes, 4)
+
+
+def test_what_dead_means_depends_on_the_kind():
+    # latent units: one always negative but varying (alive), one constant (dead)
+    h = torch.stack([-1 - torch.rand(40), torch.full((40,), 0.3), torch.rand(40)], 1)
+    rep = unit_report(IdentityBottleneck(3), h, warn=False)
+    assert rep.kind == "latent" and rep.dead.tolist() == [False, True, False]
+    assert rep.usage[0] == 0  # never positive, yet not dead
+    # codes: a code counts once per slot that selects it
+    codes = torch.tensor([[0, 0], [0, 1], [2, 2], [2, 2]]).float()
+    rep = unit_report(SharedCodes(), codes, torch.tensor([0, 0, 1, 1]), warn=False)
+    assert rep.dead_units() == ["c3"] and rep.dead.tolist() == [False, False, False, True]
+    assert rep.class_counts.tolist() == [[3, 0], [1, 0], [0, 4], [0, 0]]
+    assert rep.purity() == 1.0 and rep.top_examples_of("c0")[0] == 0  # selected twice there
 
 
 def test_contributions_add_up_to_the_logit(concept_arrays):
