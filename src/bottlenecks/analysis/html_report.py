@@ -34,7 +34,6 @@ import html
 import importlib
 import json
 import os
-import pickle
 import sys
 import traceback
 import warnings
@@ -144,9 +143,12 @@ def load_run_model(checkpoint: str | os.PathLike[str]) -> Any:
     ``weights_only=True`` (never unpickling code), on the CPU, in eval mode."""
     from bottlenecks.models.module import BottleneckModel
 
+    from bottlenecks.cli import load_checkpoint_file
+
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    load_checkpoint_file(path)  # one clear error for a pickle, a truncated or a foreign file
     model = BottleneckModel.load_from_checkpoint(str(path), weights_only=True, map_location="cpu")
     return model.eval()
 
@@ -582,17 +584,12 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     try:
         path = build_report(args.run_dir, args.out, checkpoint=args.checkpoint, split=args.split,
                             max_examples=args.max_examples, top_k=args.top_k, n_example_units=args.example_units)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # noqa: BLE001 - one line, as every bottlenecks command
         if os.environ.get("BOTTLENECKS_DEBUG"):
             raise
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print("bottlenecks report: error: refused to load the checkpoint: it holds objects other than tensors "
-              f"and plain data (bottlenecks only loads with weights_only=True). Details: {first}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, TypeError, KeyError, OSError) as err:
-        if os.environ.get("BOTTLENECKS_DEBUG"):
-            raise
-        print(f"bottlenecks report: error: {err}", file=sys.stderr)
+        from bottlenecks.cli import describe_error
+
+        print(f"bottlenecks report: error: {describe_error(err)}", file=sys.stderr)
         return 2
     print(f"report: {path}")
     return 0
