@@ -1,11 +1,14 @@
 """Analysis of trained bottleneck models: interventions and their policies and curves, concept
-leakage, linear probes, code analysis, the information plane and the run report.
+leakage, linear probes, code analysis, the information plane, the run report, unit reports
+(:mod:`~bottlenecks.analysis.units`), plots (:mod:`~bottlenecks.analysis.plots`) and the HTML
+report of a run (:mod:`~bottlenecks.analysis.html_report`, ``bottlenecks report RUN_DIR``).
 
 Every function here reaches a bottleneck only through its contract
 (:mod:`bottlenecks.layers.base`): units, their activations, the declared hooks.
 """
 
 from bottlenecks.analysis.codes import code_label_counts, code_purity, find_codes
+from bottlenecks.analysis.html_report import Section, build_report
 from bottlenecks.analysis.information_plane import InformationPlane, plot_information_plane
 from bottlenecks.analysis.intervention_curves import InterventionCurve, intervention_curve, plot_intervention_curves
 from bottlenecks.analysis.interventions import InterventionResult, intervene, make_intervention
@@ -22,8 +25,10 @@ from bottlenecks.analysis.policies import (
 )
 from bottlenecks.analysis.probes import linear_probe
 from bottlenecks.analysis.report import PredictionWriter, RunReport
+from bottlenecks.analysis.units import DeadUnitWarning, UnitReport, unit_contributions, unit_report
 
 __all__ = [
+    "DeadUnitWarning",
     "POLICIES",
     "ExpectedChangePolicy",
     "InformationPlane",
@@ -34,7 +39,10 @@ __all__ = [
     "PredictionWriter",
     "RandomPolicy",
     "RunReport",
+    "Section",
     "UncertaintyPolicy",
+    "UnitReport",
+    "build_report",
     "bottleneck_of",
     "check_concept_supervised",
     "code_label_counts",
@@ -49,4 +57,6 @@ __all__ = [
     "model_concept_names",
     "plot_information_plane",
     "plot_intervention_curves",
+    "unit_contributions",
+    "unit_report",
 ]
