@@ -37,7 +37,7 @@ def tiny_encoder(image_size: int = 16, spatial: bool = True) -> FrozenEncoder:
     else:
         net = nn.Sequential(nn.Flatten(), nn.Linear(3 * image_size * image_size, 16))
     return FrozenEncoder(
-        net, name="tiny", out_dim=16, transform=ImageTransform(image_size), architecture="tiny", weights="random",
+        net, name="tiny", feature_dim=16, transform=ImageTransform(image_size), architecture="tiny", weights="random",
         channels_last=False,
     )
 

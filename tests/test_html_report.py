@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from bottlenecks.analysis.html_report import Section, build_report
@@ -81,7 +82,7 @@ def test_report_of_a_concept_model_on_images(shapes_run, capsys):
 def test_report_of_a_codebook_and_of_a_regression_run(tmp_path):
     vq = _fit(tmp_path, "vq", {"lr": 0.01, "standardize_features": False,
                                 "bottleneck": {"class_path": "bottlenecks.layers.quantize.VectorQuantizer",
-                                               "init_args": {"codebook_size": 16, "heads": 2}}},
+                                               "init_args": {"codebook_size": 16, "num_heads": 2}}},
               {"class_path": "bottlenecks.data.modules.DigitsDataModule", "init_args": {"batch_size": 64}}, 2)
     out = build_report(vq, tmp_path / "vq.html", top_k=4, n_example_units=2)
     page = out.read_text()
@@ -140,13 +141,16 @@ def test_bad_run_directories_are_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no checkpoint" in err and "checkpoints/*.ckpt" in err
 
-    # a pickle posing as a checkpoint is refused without running it
+    # a pickle posing as a checkpoint, or a checkpoint holding code, is refused without running it
     marker = tmp_path / "pwned"
     (run / "checkpoints" / "last.ckpt").write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(SystemExit):
         main(["report", str(run)])
-    err = capsys.readouterr().err
-    assert ("refused to load a checkpoint" in err or "corrupt or not a PyTorch checkpoint" in err) and err.count("\n") == 1
+    assert "last.ckpt is corrupt or not a PyTorch checkpoint" in capsys.readouterr().err
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit):
+        main(["report", str(run)])
+    assert "refused to load a checkpoint" in capsys.readouterr().err
     assert not marker.exists()
 
     with pytest.raises(SystemExit):

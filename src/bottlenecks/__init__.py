@@ -65,6 +65,8 @@ _EXPORTS = {
     "concept_leakage": "bottlenecks.analysis",
     "linear_probe": "bottlenecks.analysis",
     "InformationPlane": "bottlenecks.analysis",
+    "unit_report": "bottlenecks.analysis",
+    "build_report": "bottlenecks.analysis",
     # estimators
     "KSG": "bottlenecks.estimators",
     "BinningMI": "bottlenecks.estimators",

@@ -388,8 +388,9 @@ TOOLS = {
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``bottlenecks`` console script (``bottlenecks edit CHECKPOINT EDITS.yaml``
-    applies an edit file: :mod:`bottlenecks.editing.cli`).
+    """Entry point of the ``bottlenecks`` console script: ``fit``/``validate``/``test``/``predict``
+    (LightningCLI), ``edit CHECKPOINT EDITS.yaml`` (:mod:`bottlenecks.editing.cli`) and
+    ``report RUN_DIR`` (:mod:`bottlenecks.analysis.html_report`).
 
     Every error ends with one line on stderr, ``bottlenecks: error: ...``, naming the file,
     option or row at fault, and exit code 2; set ``BOTTLENECKS_DEBUG=1`` for the traceback.

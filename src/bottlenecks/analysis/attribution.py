@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
+
 from torch import Tensor, nn
 
 from bottlenecks.analysis.model_access import bottleneck_of, model_device, model_task
@@ -102,7 +102,7 @@ class _Forward(nn.Module):
         if h.dim() != 2 or h.shape[0] != x.shape[0]:
             raise ValueError(
                 f"the encoder {enc.name!r} turned images of shape {tuple(x.shape)} into a tensor of shape "
-                f"{tuple(h.shape)}, not (batch, {enc.out_dim}); check the image size it expects "
+                f"{tuple(h.shape)}, not (batch, {enc.feature_dim}); check the image size it expects "
                 f"({enc.transform!r})"
             )
         return h.float()
@@ -467,7 +467,8 @@ def unit_contributions(
     for a nonlinear head.
 
     Args:
-        model: a :class:`~bottlenecks.models.module.BottleneckModel` (classification).
+        model: a :class:`~bottlenecks.models.module.BottleneckModel` (a regression model's one
+            output is decomposed as "class 0").
         inputs: features ``(n, d)`` or images ``(n, 3, H, W)``.
         n_steps: IG steps for a nonlinear head.
         baseline: ``(z_width,)`` IG baseline for a nonlinear head.
@@ -483,8 +484,7 @@ def unit_contributions(
             f"{type(b).__name__} produces the task output itself (predicts_task): there is no head whose "
             "input could be decomposed onto units; attribute the class to the input with attribute(target=...)"
         )
-    if model_task(model) != "classification":
-        raise ValueError("unit_contributions decomposes class logits; this model does regression")
+    regression = model_task(model) != "classification"  # one output, explained as "class 0"
     head = model.head
     fwd = _Forward(model)
     device = model_device(model)
@@ -493,6 +493,8 @@ def unit_contributions(
         for s in range(0, len(inputs), batch_size):
             x = inputs[s : s + batch_size].to(device).float()
             y_hat, out = fwd(x)
+            if regression:
+                y_hat = y_hat.reshape(len(x), 1)
             zs.append(out.z.float())
             acts.append(b.unit_activations(out).float())
             logits.append(y_hat.float())

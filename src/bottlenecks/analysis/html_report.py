@@ -145,6 +145,7 @@ def load_run_model(checkpoint: str | os.PathLike[str]) -> Any:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    # (loads through bottlenecks.checkpoints: one clear error for a pickle, a truncated or a foreign file)
     model = BottleneckModel.load_from_checkpoint(str(path), weights_only=True, map_location="cpu")
     return model.eval()
 

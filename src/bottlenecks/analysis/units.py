@@ -398,18 +398,16 @@ def _linear_head(model: nn.Module) -> nn.Linear | None:
     return None
 
 
-@torch.no_grad()
 def unit_contributions(
     model: nn.Module, x: Tensor, target: Tensor | int | None = None, batch_size: int = 1024
 ) -> tuple[Tensor, Tensor]:
     """Each unit's contribution to a class logit: head weight × activation.
 
+    The units' columns of :func:`bottlenecks.analysis.attribution.unit_contributions` (which
+    decomposes the logit over every column of the head's input), for one class per example.
     Exact for a linear head that reads the units directly (concept bottlenecks, SAE units,
-    latent dimensions): ``logit[c] = bias[c] + Σ_u W[c, u] · a_u``, so the contributions plus
-    the bias add up to the logit. Whether the units are columns of ``z`` is checked
-    numerically through the contract (``unit_activations`` against ``z``, minus the
-    ``side_channel()`` columns); for codes or keys (``z`` is a looked-up vector, not the
-    units) use attribution instead.
+    latent dimensions): the contributions plus the bias add up to the logit. For codes or
+    keys (``z`` is a looked-up vector, not the units) use attribution instead.
 
     Args:
         model: a :class:`~bottlenecks.models.module.BottleneckModel` with a linear head.
@@ -420,52 +418,31 @@ def unit_contributions(
     Returns:
         ``(contributions, target)``: ``(n, n_units)`` and the ``(n,)`` classes explained.
     """
+    from bottlenecks.analysis.attribution import unit_contributions as decompose
+
     b = bottleneck_of(model)
-    head = _linear_head(model)
-    if head is None:
+    if _linear_head(model) is None:
         raise ValueError(
             f"unit contributions (head weight x activation) need a linear head; this model's head is "
             f"{type(getattr(model, 'head', None)).__name__} (use the attribution module for other heads)"
         )
-    dev = model_device(model)
-    contribs, targets = [], []
-    with EvalMode(model):
-        for s in range(0, len(x), batch_size):
-            xb = x[s : s + batch_size].to(dev).float()
-            y_hat, out = model(xb)
-            acts = b.unit_activations(out)
-            cols = _unit_columns(b, out.z, acts)
-            if y_hat.dim() == 1:
-                t = torch.zeros(len(xb), dtype=torch.long, device=dev)
-            elif target is None:
-                t = y_hat.argmax(-1)
-            else:
-                t = torch.as_tensor(target, device=dev).long().expand(len(xb)) if torch.as_tensor(target).dim() == 0 \
-                    else torch.as_tensor(target, device=dev).long()[s : s + batch_size]
-                if (t < 0).any() or (t >= y_hat.shape[-1]).any():
-                    raise ValueError(f"target class out of range: the model has {y_hat.shape[-1]} classes")
-            w = head.weight[t][:, cols]  # (batch, n_units)
-            contribs.append((w * acts).cpu())
-            targets.append(t.cpu())
-    return torch.cat(contribs), torch.cat(targets)
-
-
-def _unit_columns(b: Bottleneck, z: Tensor, acts: Tensor) -> Tensor:
-    """Columns of ``z`` that hold the units, verified numerically; a clear error otherwise."""
-    cols = torch.arange(z.shape[1], device=z.device)
-    side = b.side_channel()
-    if side is not None:
-        keep = torch.ones(z.shape[1], dtype=torch.bool, device=z.device)
-        keep[side] = False
-        cols = cols[keep]
-    if len(cols) == acts.shape[1] and torch.allclose(z[:, cols].float(), acts.float(), atol=1e-5):
-        return cols
-    kind = b.units().kind
-    raise ValueError(
-        f"{type(b).__name__}'s {kind} units are not the columns the head reads (z has {z.shape[1]} columns, "
-        f"the units {acts.shape[1]}), so head weight x activation is not defined for them; use attribution "
-        "through the bottleneck instead"
-    )
+    parts = decompose(model, x, batch_size=batch_size)
+    units = b.units()
+    cols = [parts.names.index(n) for n in units.names if n in parts.names]
+    if len(cols) != len(units):
+        raise ValueError(
+            f"{type(b).__name__}'s {units.kind} units are not the columns the head reads, so head weight x "
+            "activation is not defined for them; use attribution through the bottleneck instead"
+        )
+    n_out = parts.values.shape[1]
+    if target is None:
+        t = parts.predicted
+    else:
+        t = torch.as_tensor(target).long()
+        t = t.expand(len(parts.predicted)) if t.dim() == 0 else t
+        if (t < 0).any() or (t >= n_out).any():
+            raise ValueError(f"target class out of range: the model has {n_out} classes")
+    return parts.for_class(t)[:, cols], t
 
 
 # --------------------------------------------------------------------- images
