@@ -7,7 +7,10 @@ from bottlenecks.layers.codebook_features import CodebookFeatures
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
+from bottlenecks.layers.label_free import LaBoBottleneck, LabelFreeCBM
 from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from bottlenecks.layers.sparse_autoencoder import DiscoverThenNameCBM, SparseAutoencoder
+from bottlenecks.layers.sparse_cbm import SparseConceptBottleneck
 from bottlenecks.layers.surgery import CodebookModel, insert_codebooks
 from bottlenecks.layers.stochastic import (
     ContrastiveVIBBottleneck,
@@ -29,13 +32,18 @@ __all__ = [
     "ConceptBottleneck",
     "ConceptEmbeddingBottleneck",
     "ContrastiveVIBBottleneck",
+    "DiscoverThenNameCBM",
     "DiscreteKeyValueBottleneck",
     "EnergyConceptBottleneck",
     "FiniteScalarQuantizer",
     "GaussianBottleneck",
     "IdentityBottleneck",
+    "LaBoBottleneck",
+    "LabelFreeCBM",
     "NoisyBottleneck",
     "ResidualVectorQuantizer",
+    "SparseAutoencoder",
+    "SparseConceptBottleneck",
     "VectorQuantizer",
 ]
 
@@ -54,4 +62,8 @@ BOTTLENECKS = [
     CSIBBottleneck,
     ContrastiveVIBBottleneck,
     NoisyBottleneck,
+    LabelFreeCBM,
+    LaBoBottleneck,
+    SparseConceptBottleneck,
+    DiscoverThenNameCBM,
 ]
