@@ -162,7 +162,11 @@ def filter_concepts(
         cn = list(class_names) if class_names is not None else [f"class{i}" for i in range(len(class_vectors))]
         if len(cn) != len(class_vectors):
             raise ValueError(f"{len(cn)} class names but class vectors of shape {tuple(class_vectors.shape)}")
-        check_widths(v.shape[1], class_vectors.shape[1], "class vectors")
+        if class_vectors.shape[1] != v.shape[1]:
+            raise ValueError(
+                f"class vectors are {class_vectors.shape[1]}-dimensional but concept vectors are "
+                f"{v.shape[1]}-dimensional; embed both with the same text encoder"
+            )
         sim = v @ F.normalize(class_vectors.float(), dim=1).T  # (n_c, n_classes)
         best, arg = sim.max(1)
         for i in (keep & (best > class_similarity)).nonzero().flatten().tolist():

@@ -127,7 +127,7 @@ class SparseConceptBottleneck(LanguageConceptLayer):
 
 def activation_sparsity(acts: Tensor, mass: float = 0.9) -> Tensor:
     """Fraction of concepts *not* needed to hold ``mass`` of each row's activation mass,
-    averaged over rows (``1 - 1/n_concepts`` for one-hot rows, 0 for uniform ones).
+    averaged over rows: ``1 - 1/n_concepts`` for one-hot rows, about ``1 - mass`` for uniform ones.
 
     Args:
         acts: ``(batch, n_concepts)`` non-negative concept activations.
@@ -161,7 +161,11 @@ def concept_matrix_search(
     if concept_names is not None:
         check_concept_set(concept_names, concept_vectors)
     check_widths(image_features.shape[1], concept_vectors.shape[1])
-    check_widths(class_vectors.shape[1], concept_vectors.shape[1], "class vectors")
+    if class_vectors.shape[1] != concept_vectors.shape[1]:
+        raise ValueError(
+            f"class vectors are {class_vectors.shape[1]}-dimensional but concept vectors are "
+            f"{concept_vectors.shape[1]}-dimensional; embed both with the same text encoder"
+        )
     t = F.normalize(concept_vectors.float(), dim=1)
     v = F.normalize(image_features.float(), dim=1) @ t.T
     d = F.normalize(class_vectors.float(), dim=1) @ t.T
