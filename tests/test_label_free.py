@@ -50,6 +50,9 @@ def test_label_free_concepts_align_with_language_without_concept_labels(data):
     assert min(auroc) > 0.9, auroc  # every concept unit tracks its planted concept; no label was used
     assert layer.concept_supervision() > 0  # supervised by image–text similarities
     assert accuracy(model, p.x[te], p.y[te]) > 0.8
+    layer.train()
+    assert layer(p.x[:1]).z.shape == (1, len(p.names))  # a last batch of one row still trains
+    layer.eval()
     inter = layer.interpretability(p.x[te])
     assert list(inter) == p.names and min(inter.values()) > 0.6
     # without the cos³ projection loss the units are random projections: no alignment

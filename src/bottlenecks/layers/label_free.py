@@ -267,7 +267,11 @@ class LabelFreeCBM(LanguageConceptLayer):
             losses["projection"] = -sim.mean()
             metrics["projection_cos3"] = sim.mean().detach()
             self._count_targets(target.numel())
-        logits = self.norm(q.detach() if self.detach else q)
+        q_head = q.detach() if self.detach else q
+        if self.training and h.shape[0] == 1:  # batch statistics need two rows: use the running ones
+            logits = F.batch_norm(q_head, self.norm.running_mean, self.norm.running_var, training=False)
+        else:
+            logits = self.norm(q_head)
         probs = apply_intervention(torch.sigmoid(logits), concepts, intervention_mask)
         return BottleneckOutput(z=probs, losses=losses, concepts=logits, probs=probs, metrics=metrics)
 
