@@ -42,10 +42,12 @@ def linear_probe_accuracy(
     xtr = np.asarray(x_train, dtype=np.float64)
     xte = np.asarray(x_test, dtype=np.float64)
     if standardize:
-        mu, sd = xtr.mean(0), xtr.std(0) + 1e-6 if len(xtr) > 1 else np.ones(xtr.shape[1])
-        # with one example per class the std is noise: standardise with pooled scale only
+        mu = xtr.mean(0)
         if len(xtr) <= len(np.unique(np.asarray(y_train))):
+            # one example per class: per-feature spreads are noise; use one pooled scale
             sd = np.full(xtr.shape[1], xtr.std() + 1e-6)
+        else:
+            sd = xtr.std(0) + 1e-6
         xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     clf = LogisticRegression(C=C, max_iter=2000)
     clf.fit(xtr, np.asarray(y_train))

@@ -149,8 +149,8 @@ class LanguageConceptLayer(ConceptLayer):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         for name in self._LAZY:
             key = prefix + name
-            if key in state_dict and getattr(self, name).shape != state_dict[key].shape:
-                setattr(self, name, torch.empty_like(state_dict[key]))
+            if key in state_dict and self._buffers[name].shape != state_dict[key].shape:
+                self._buffers[name] = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ text space
