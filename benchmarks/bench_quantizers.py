@@ -84,7 +84,7 @@ def _build(kind: str, impl: str, size: tuple) -> Callable[[], None]:
 
         kv = DiscreteKeyValueBottleneck(
             d, num_heads=C, keys_per_head=J, key_dim=DKVB_KEY_DIM, projection="random",
-            value_dim=DKVB_VALUE_DIM, key_init="random",
+            value_dim=DKVB_VALUE_DIM, init="random",
         ).train()
         return lambda: kv(x).z.square().mean().backward()
     from discrete_key_value_bottleneck_pytorch import DiscreteKeyValueBottleneck as Ref

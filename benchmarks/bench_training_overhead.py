@@ -46,7 +46,7 @@ def plain(x, c, y, epochs: int, bs: int) -> float:
 
 
 def model_by_hand(x, c, y, epochs: int, bs: int) -> float:
-    model = BottleneckModel(ConceptBottleneck(x.shape[1], n_concepts=c.shape[1]), num_classes=9)
+    model = BottleneckModel(ConceptBottleneck(x.shape[1], num_concepts=c.shape[1]), num_classes=9)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = batch_loader(FeatureBatches(x, y, c), bs, shuffle=True, seed=0)
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def model_by_hand(x, c, y, epochs: int, bs: int) -> float:
 def lightning_fit(x, c, y, epochs: int, bs: int) -> float:
     dm = ArrayDataModule.from_arrays(x_train=x, y_train=y, concepts_train=c, x_val=x[:bs], y_val=y[:bs],
                                      concepts_val=c[:bs], num_classes=9, batch_size=bs)
-    model = BottleneckModel(ConceptBottleneck(x.shape[1], n_concepts=c.shape[1]), num_classes=9)
+    model = BottleneckModel(ConceptBottleneck(x.shape[1], num_concepts=c.shape[1]), num_classes=9)
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
     t0 = time.perf_counter()

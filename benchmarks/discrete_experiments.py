@@ -32,7 +32,7 @@ VQ_VARIANTS = {
     "plain VQ + dead-code replacement": {"dead_code_threshold": 1.0},
     "EMA": {"ema": True},
     "EMA + dead-code replacement": {"ema": True, "dead_code_threshold": 1.0},
-    "k-means init, plain": {"kmeans_init": True},
+    "k-means init, plain": {"init": "kmeans"},
 }
 
 
@@ -72,7 +72,7 @@ def fsm_experiment(n_states: int, digits: int, width: int, codebook_size: int, s
     test = FSMDataset(n_states=n_states, out_degree=4, digits=digits, walk_length=16, n_sequences=300, seed=seed,
                       split="test")
     model = insert_codebooks(FSMWindowModel(train.base, digits, width=width), ["hidden"],
-                             codebook_size=codebook_size, k=1, dead_code_threshold=0.05)
+                             codebook_size=codebook_size, top_k=1, dead_code_threshold=0.05)
     t0 = time.perf_counter()
     train_fsm_model(model, train, steps=steps, aux_weight=0.3)
     seconds = time.perf_counter() - t0

@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from bottlenecks.analysis.interventions import (  # noqa: E402
+from bottlenecks.analysis import (  # noqa: E402
     concept_leakage,
     intervene,
     intervention_curve,
@@ -72,7 +72,7 @@ def make_trainer(epochs: int, callbacks: list | None = None) -> L.Trainer:
 def build(kind: str, dm: ShapesDataModule, hard: bool = False) -> BottleneckModel:
     d, names, m = dm.feature_dim, dm.concept_names, dm.num_classes
     if kind in ("cbm", "cbm+residual"):
-        b = ConceptBottleneck(d, concept_names=names, hard=hard, n_residual=8 if kind == "cbm+residual" else 0)
+        b = ConceptBottleneck(d, concept_names=names, hard=hard, num_residual=8 if kind == "cbm+residual" else 0)
         return BottleneckModel(b, num_classes=m, lr=1e-2, weight_decay=1e-4, lr_schedule="constant")
     if kind == "cem":
         return BottleneckModel(ConceptEmbeddingBottleneck(d, concept_names=names, embedding_dim=16), num_classes=m,

@@ -10,7 +10,7 @@ import torch
 from _concept_data import NAMES, datamodule, shapes_like, trainer
 from lightning.pytorch.callbacks import Callback
 
-from bottlenecks.analysis.interventions import concept_leakage
+from bottlenecks.analysis import concept_leakage
 from bottlenecks.cli import main
 from bottlenecks.data.datamodule import ArrayDataModule
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
@@ -124,7 +124,7 @@ def test_modes_refuse_data_without_concept_labels(data):
     dm = ArrayDataModule.from_arrays(x_train=x[:500], y_train=y[:500], num_classes=9)
     for mode, why in [("sequential", "concept predictor is trained on them"),
                       ("independent", "head reads them"), ("joint", "joint loss includes the concept loss")]:
-        model = BottleneckModel(ConceptBottleneck(16, n_concepts=8), num_classes=9)
+        model = BottleneckModel(ConceptBottleneck(16, num_concepts=8), num_classes=9)
         with pytest.raises(ValueError, match=rf"{mode} CBM training .*needs concept labels \(.*{why}.*\).*"
                                              "ArrayDataModule has no concept labels"):
             trainer(max_epochs=2, callbacks=[CBMTrainingMode(mode)]).fit(model, dm)
@@ -157,12 +157,12 @@ def test_residual_side_channel_recovers_missing_concepts_and_leakage_is_measured
         x_test=x[1800:], y_test=y[1800:], concepts_test=c[1800:, :3],
         concept_names=NAMES[:3], batch_size=128)
     results = {}
-    for n_residual in (0, 6):
+    for num_residual in (0, 6):
         L.seed_everything(0)
-        model = BottleneckModel(ConceptBottleneck(16, concept_names=NAMES[:3], n_residual=n_residual),
+        model = BottleneckModel(ConceptBottleneck(16, concept_names=NAMES[:3], num_residual=num_residual),
                                 num_classes=9, lr=3e-2)
         trainer(max_epochs=8).fit(model, dm)
-        results[n_residual] = concept_leakage(model, dm)
+        results[num_residual] = concept_leakage(model, dm)
     plain, side = results[0], results[6]
     assert plain["task_acc"] < 0.45  # colour alone: about 1/3 of the classes
     assert side["task_acc"] > plain["task_acc"] + 0.3

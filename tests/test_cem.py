@@ -11,7 +11,7 @@ from bottlenecks.models.module import BottleneckModel
 
 def test_embeddings_are_mixed_by_the_probability():
     torch.manual_seed(0)
-    b = ConceptEmbeddingBottleneck(6, n_concepts=3, embedding_dim=4, hidden=[8]).eval()
+    b = ConceptEmbeddingBottleneck(6, num_concepts=3, embedding_dim=4, hidden=[8]).eval()
     h = torch.randn(5, 6)
     out = b(h)
     assert out.z.shape == (5, 12) and out.concepts.shape == (5, 3)
@@ -30,7 +30,7 @@ def test_embeddings_are_mixed_by_the_probability():
 
 def test_random_interventions_only_while_training():
     torch.manual_seed(0)
-    b = ConceptEmbeddingBottleneck(6, n_concepts=3, embedding_dim=4, training_intervention_prob=1.0)
+    b = ConceptEmbeddingBottleneck(6, num_concepts=3, embedding_dim=4, training_intervention_prob=1.0)
     h, c = torch.randn(16, 6), (torch.rand(16, 3) > 0.5).float()
     c[0, 2] = float("nan")
     out = b(h, concepts=c)  # training mode: every labelled concept replaced by its truth
@@ -67,13 +67,13 @@ def test_cem_trains_and_intervention_with_truth_helps():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="needs concept_names or n_concepts"):
+    with pytest.raises(ValueError, match="needs concept_names or num_concepts"):
         ConceptEmbeddingBottleneck(4)
     with pytest.raises(ValueError, match=r"training_intervention_prob must lie in \[0, 1\]"):
-        ConceptEmbeddingBottleneck(4, n_concepts=2, training_intervention_prob=1.5)
-    with pytest.raises(ValueError, match="n_concepts=3 but 2 concept_names were given"):
-        ConceptEmbeddingBottleneck(4, concept_names=["a", "b"], n_concepts=3)
-    b = ConceptEmbeddingBottleneck(4, n_concepts=2)
+        ConceptEmbeddingBottleneck(4, num_concepts=2, training_intervention_prob=1.5)
+    with pytest.raises(ValueError, match="num_concepts=3 but 2 concept_names were given"):
+        ConceptEmbeddingBottleneck(4, concept_names=["a", "b"], num_concepts=3)
+    b = ConceptEmbeddingBottleneck(4, num_concepts=2)
     with pytest.raises(ValueError, match=r"concepts has shape \(3, 5\) but the bottleneck predicts \(3, 2\)"):
         b(torch.randn(3, 4), concepts=torch.ones(3, 5))
     with pytest.raises(ValueError, match="expects 4-dimensional features but got 6"):

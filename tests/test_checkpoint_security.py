@@ -48,16 +48,21 @@ def test_crafted_best_model_path_is_never_unpickled(tmp_path, capsys):
     assert not marker.exists(), "a crafted checkpoint executed code"
 
 
-def test_pickle_as_checkpoint_is_refused_without_running(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pickle_as_checkpoint_is_refused_without_running(tmp_path, capsys, protocol):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
-    evil.write_bytes(pickle.dumps(_Payload(marker)))
+    evil.write_bytes(pickle.dumps(_Payload(marker), protocol=protocol))
     with pytest.raises(SystemExit) as e:
         main(["test", "--config", "configs/ib_vib_diabetes.yaml", "--ckpt_path", str(evil),
               "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
               "--trainer.default_root_dir", str(tmp_path / "runs")])
     assert e.value.code == 2
     assert not marker.exists()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("bottlenecks: error:")]
+    assert len(lines) == 1
+    assert ("refused to load a checkpoint" in lines[0] or f"checkpoint {evil} is corrupt" in lines[0])
+    assert "weights_only` set to `False`" not in lines[0]
 
 
 def test_safe_trainer_refuses_weights_only_false():

@@ -14,7 +14,7 @@ from bottlenecks.layers.codebook_features import (
 
 
 def test_output_is_the_sum_of_the_top_k_most_similar_codes():
-    cb = CodebookFeatures(8, codebook_size=20, k=3)
+    cb = CodebookFeatures(8, codebook_size=20, top_k=3)
     h = torch.randn(5, 8, requires_grad=True)
     out = cb(h)
     sims = torch.nn.functional.normalize(h.detach(), dim=-1) @ torch.nn.functional.normalize(cb.codebook.detach(), dim=-1).t()
@@ -28,12 +28,12 @@ def test_output_is_the_sum_of_the_top_k_most_similar_codes():
 
 
 def test_codebook_smaller_than_k_is_refused():
-    with pytest.raises(ValueError, match="codebook_size=4 is smaller than k=8"):
-        CodebookFeatures(8, codebook_size=4, k=8)
+    with pytest.raises(ValueError, match="codebook_size=4 is smaller than top_k=8"):
+        CodebookFeatures(8, codebook_size=4, top_k=8)
 
 
 def test_force_and_suppress_codes_and_undo():
-    cb = CodebookFeatures(6, codebook_size=10, k=2)
+    cb = CodebookFeatures(6, codebook_size=10, top_k=2)
     h = torch.randn(50, 6)
     top = int(cb(h).codes[:, 0].mode().values)
     cb.suppress([top])
@@ -74,7 +74,7 @@ def test_insert_by_layer_name_bypass_and_remove():
     net = _Net()
     x = torch.randn(7, 5, 4)  # leading dims are kept: (batch, seq, features)
     reference = net(x)
-    model = insert_codebooks(net, ["inp", "block"], codebook_size=16, k=2, widths={"block": 6})
+    model = insert_codebooks(net, ["inp", "block"], codebook_size=16, top_k=2, widths={"block": 6})
     y = model(x)
     assert set(model.codes) == {"inp", "block"} and model.codes["block"].shape == (7, 5, 2)
     assert not torch.allclose(y, reference)
@@ -119,7 +119,7 @@ def test_fsm_states_map_to_pure_codes_and_forcing_a_code_steers_the_prediction()
     n_states, width = 24, 8  # more states than hidden units
     train = FSMDataset(n_states=n_states, out_degree=3, walk_length=16, n_sequences=1000)
     test = FSMDataset(n_states=n_states, out_degree=3, walk_length=16, n_sequences=100, split="test")
-    model = insert_codebooks(FSMWindowModel(train.base, width=width), ["hidden"], codebook_size=48, k=1,
+    model = insert_codebooks(FSMWindowModel(train.base, width=width), ["hidden"], codebook_size=48, top_k=1,
                              dead_code_threshold=0.05)
     train_fsm_model(model, train, steps=400, aux_weight=0.3)
     x, digit, state = test.tokens[:, :-1], test.token_digit[:, :-1], test.token_state[:, :-1]

@@ -71,7 +71,7 @@ def test_nearest_class_mean_predicts_only_seen_classes(digits_stream):
 def test_dkvb_forgets_far_less_than_a_sequential_probe_and_approaches_the_joint_bound(digits_stream):
     s = digits_stream
     L.seed_everything(0, verbose=False)
-    kv = DiscreteKeyValueBottleneck(64, num_heads=16, keys_per_head=256, key_dim=32, projection="random",
+    kv = DiscreteKeyValueBottleneck(64, num_heads=16, keys_per_head=256, code_dim=32, projection="random",
                                     value_dim=10)
     dkvb = LightningLearner(
         BottleneckModel(kv, num_classes=10, optimizer="sgd", momentum=0.0, lr=16.0, lr_schedule="constant",

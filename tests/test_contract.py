@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from bottlenecks.analysis.interventions import intervene, intervention_curve
+from bottlenecks.analysis import intervene, intervention_curve
 from bottlenecks.cli import main
 from bottlenecks.layers import BOTTLENECKS
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, ConceptLayer, Units, apply_intervention
@@ -20,10 +20,10 @@ from bottlenecks.models.module import BottleneckModel
 class ToyConcepts(ConceptLayer):
     """A new concept method in a dozen lines: concepts from a linear map of the features."""
 
-    def __init__(self, in_features: int, concept_names: list[str] | None = None, n_concepts: int | None = None):
+    def __init__(self, in_features: int, concept_names: list[str] | None = None, num_concepts: int | None = None):
         super().__init__()
         self.in_features = in_features
-        self.out_features = len(self._init_concepts(concept_names, n_concepts))
+        self.out_features = len(self._init_concepts(concept_names, num_concepts))
         self.linear = nn.Linear(in_features, self.out_features)
 
     def forward(self, h, concepts=None, intervention_mask=None):
@@ -124,13 +124,13 @@ def _build(cls):
     if name in ("VectorQuantizer", "CodebookFeatures"):
         kw["codebook_size"] = 16
     if name == "ResidualVectorQuantizer":
-        kw.update(codebook_size=8, num_quantizers=2, kmeans_init=False)
+        kw.update(codebook_size=8, num_quantizers=2, init="random")
     if name == "FiniteScalarQuantizer":
         kw["levels"] = [3, 3]
     if name == "CodebookFeatures":
-        kw["k"] = 2
+        kw["top_k"] = 2
     if name == "DiscreteKeyValueBottleneck":
-        kw.update(num_heads=3, keys_per_head=8, top_k=2, key_init="random")
+        kw.update(num_heads=3, keys_per_head=8, top_k=2, init="random", num_classes=3)
     if name in ("LabelFreeCBM", "LaBoBottleneck", "SparseConceptBottleneck"):  # language-guided
         kw.update(concept_names=["p", "q", "r"], concept_vectors=torch.randn(3, 12))
     if name in ("LaBoBottleneck", "DiscoverThenNameCBM"):
@@ -165,8 +165,8 @@ def test_every_bottleneck_enumerates_and_reads_its_units(cls):
         assert b.concept_supervision() == 0 and list(units) == ["p", "q", "r"]
     # the hooks are declared on the base and answer without special cases
     batch = {"y": torch.zeros(20, dtype=torch.long)}
-    if b.n_concepts:
-        batch["concepts"] = torch.ones(20, b.n_concepts)
+    if b.num_concepts:
+        batch["concepts"] = torch.ones(20, b.num_concepts)
     assert isinstance(b.loss_terms(b(h), batch), dict)
     assert isinstance(b.optimizer_param_groups(), list) and isinstance(b.side_channel_parameters(), list)
     assert isinstance(b.predicts_task, bool)

@@ -66,10 +66,13 @@ def test_integer_labels_class_names_and_grayscale(tmp_path):
     rows = ["img/a.png,0,train,1,0", "img/b.png,4,train,0,0", "img/c.png,2,test,1,1", "img/d.png,1,val,0,1"]
     root = write_folder(tmp_path, rows=rows)
     Image.fromarray(np.full((5, 7), 128, np.uint8)).save(root / "img" / "a.png")
-    ds = ConceptImageFolder(root)
+    # label 4 implies 5 classes, but class 3 never occurs: said, not silent
+    with pytest.warns(UserWarning, match=r"the largest label, 4 at line 3, implies 5 classes but 1 of them never occur"):
+        ds = ConceptImageFolder(root)
     assert ds.num_classes == 5 and ds.targets().tolist() == [0, 4, 2, 1]
     assert ds[0]["x"].shape == (3, 5, 7)
-    named = ConceptImageFolder(root, class_names=list("abcdef"))
+    with pytest.warns(UserWarning, match="2 of the 6 stated classes never occur"):
+        named = ConceptImageFolder(root, class_names=list("abcdef"))
     assert named.num_classes == 6 and named.class_names[4] == "e"
     with pytest.raises(ValueError, match=r"line 3, label 4 is out of range for the 3 class_names"):
         ConceptImageFolder(root, class_names=["x", "y", "z"])

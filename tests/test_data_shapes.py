@@ -31,7 +31,7 @@ def test_vocabulary_asset_matches_renderer():
     assert vocab["cooccurrence_pair"] == ["red", "circle"]
     ds = ShapesDataset("train", n=4)
     assert isinstance(ds, ConceptDataset)
-    assert ds.concept_names == list(SHAPES_CONCEPTS) and ds.n_concepts == 10
+    assert ds.concept_names == list(SHAPES_CONCEPTS) and ds.num_concepts == 10
     assert ds.num_classes == 9 and ds.class_names[3 * 1 + 2] == "blue square"
     assert ds.task == "classification" and ds.kind == "image"
 

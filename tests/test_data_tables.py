@@ -20,7 +20,7 @@ def test_digits_items_and_attributes():
     assert item["y"].dtype == torch.int64 and item["index"] == 0 and "concepts" not in item
     assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0 and float(ds.x.max()) == 1.0
     assert ds.kind == "features" and ds.task == "classification" and ds.num_classes == 10
-    assert ds.concept_names is None and ds.concept_table() is None and ds.n_concepts == 0
+    assert ds.concept_names is None and ds.concept_table() is None and ds.num_concepts == 0
     assert ds.class_names == [str(d) for d in range(10)] and ds.feature_dim == 64
     with pytest.raises(IndexError, match="out of range"):
         ds[len(ds)]

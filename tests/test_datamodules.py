@@ -77,7 +77,7 @@ def test_cub_datamodule_reads_official_layout(tmp_path):
 def test_table_datamodules_skip_the_encoder():
     digits = DigitsDataModule()
     assert digits.feature_dim == 64 and digits.num_classes == 10 and digits.concept_names is None
-    model = BottleneckModel(ConceptBottleneck(64, n_concepts=16), num_classes=10, lr=0.05,
+    model = BottleneckModel(ConceptBottleneck(64, num_concepts=16), num_classes=10, lr=0.05,
                             concept_loss_weight=0.0)
     assert _fit_test(model, digits, epochs=15)["test/task_acc"] > 0.85
     diabetes = DiabetesDataModule()

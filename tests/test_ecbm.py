@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from _concept_data import NAMES, datamodule, shapes_like, trainer
 
-from bottlenecks.analysis.interventions import intervene, intervention_curve
+from bottlenecks.analysis import intervene, intervention_curve
 from bottlenecks.layers.concept import ConceptBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.models.module import BottleneckModel
@@ -17,7 +17,7 @@ from bottlenecks.models.module import BottleneckModel
 
 def _brute_force(b: EnergyConceptBottleneck, h: torch.Tensor, fixed: dict[int, float] | None = None):
     """p(y | x) and p(c_k = 1 | x) by looping over every (c, y) pair."""
-    K, M = b.n_concepts, b.num_classes
+    K, M = b.num_concepts, b.num_classes
     e_cls, e_con = b.class_energy(h), b.concept_energy(h)
     logp, configs = [], []
     for bits in itertools.product([0.0, 1.0], repeat=K):
@@ -37,7 +37,7 @@ def _brute_force(b: EnergyConceptBottleneck, h: torch.Tensor, fixed: dict[int, f
 
 def test_exact_inference_matches_brute_force():
     torch.manual_seed(0)
-    b = EnergyConceptBottleneck(5, num_classes=3, n_concepts=3, hidden=8, embedding_dim=4,
+    b = EnergyConceptBottleneck(5, num_classes=3, num_concepts=3, hidden=8, embedding_dim=4,
                                 concept_weight=0.7, global_weight=1.3).eval()
     h = torch.randn(4, 5)
     with torch.no_grad():
@@ -91,12 +91,18 @@ def test_interventions_propagate_in_ecbm_but_not_in_cbm(cooccur):
     rows = c[:, 0] == 0  # neither red nor circle in truth
     deltas = {}
     for name, model in [("ecbm", ecbm), ("cbm", cbm)]:
-        before = intervene(model, x[rows], {}).probs
-        after = intervene(model, x[rows], {"red": 1.0}).probs
+        plain = intervene(model, x[rows], {})
+        forced = intervene(model, x[rows], {"red": 1.0})
+        before, after = plain.probs, forced.probs
+        # the intervention is applied in both models: red is set, and it reaches the label
+        assert (before[:, 0] < 0.5).float().mean() > 0.9 and (after[:, 0] == 1).all()
+        assert (forced.y_pred != plain.y_pred).float().mean() > 0.3
         deltas[name] = after[:, 3] - before[:, 3]  # circle
         # unrelated concepts barely move in either model
         assert (after[:, 6] - before[:, 6]).abs().mean() < 0.1
     assert deltas["ecbm"].mean() > 0.5
+    # the CBM applied the same intervention (above) and its other concepts stayed put: its
+    # concepts are read independently from the features, so nothing propagates
     assert torch.equal(deltas["cbm"], torch.zeros_like(deltas["cbm"]))
     # relaxed (gradient) inference is local: it keeps the fixed value and agrees with exact
     # inference on the labels, but it does not cross the energy barrier that propagation needs
@@ -154,10 +160,10 @@ def test_pseudo_likelihood_and_gradient_inference_train_without_enumeration():
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"exact inference enumerates 2\^20 \* 9 = .* max_configs=65536"):
-        EnergyConceptBottleneck(8, num_classes=9, n_concepts=20, inference="exact")
+        EnergyConceptBottleneck(8, num_classes=9, num_concepts=20, inference="exact")
     with pytest.raises(ValueError, match="num_classes >= 2"):
-        EnergyConceptBottleneck(8, num_classes=1, n_concepts=3)
-    b = EnergyConceptBottleneck(8, num_classes=4, n_concepts=3)
+        EnergyConceptBottleneck(8, num_classes=1, num_concepts=3)
+    b = EnergyConceptBottleneck(8, num_classes=4, num_concepts=3)
     with pytest.raises(ValueError, match=r"predicts 4 outputs but the task has 5"):
         BottleneckModel(b, num_classes=5)
     with pytest.raises(ValueError, match=r"intervention expects mask and values of shape \(2, 3\)"):

@@ -75,7 +75,7 @@ class TinyImages(ConceptDataset):
 
 # --------------------------------------------------------------------------- frozen
 def test_frozen_encoder_survives_parent_train_mode(lite0: Lite0Encoder) -> None:
-    head = nn.Linear(lite0.out_dim, 2)
+    head = nn.Linear(lite0.feature_dim, 2)
     parent = nn.ModuleDict({"encoder": lite0, "head": head})
     bn = next(m for m in lite0.modules() if isinstance(m, nn.BatchNorm2d))
     before = bn.running_mean.clone()
@@ -112,11 +112,26 @@ def test_gradient_reaches_the_input_pixels(lite0: Lite0Encoder) -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_encode_restores_thread_count() -> None:
+def test_encode_restores_thread_count(monkeypatch) -> None:
+    """encode() runs with the encoder's thread count and restores the caller's afterwards
+    (the suite runs with one thread, so the caller's count is set to another first)."""
     enc = IdentityEncoder(4, num_threads=1)
+    seen = []
+    real_forward = enc.forward
+
+    def forward(x):
+        seen.append(torch.get_num_threads())
+        return real_forward(x)
+
+    monkeypatch.setattr(enc, "forward", forward)
     before = torch.get_num_threads()
-    enc.encode(torch.rand(3, 4))
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(3)
+    try:
+        enc.encode(torch.rand(3, 4))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- lite0 weights
@@ -215,9 +230,9 @@ def test_registry_specs_and_errors() -> None:
     with pytest.raises(ValueError, match="takes no ':' suffix"):
         build_encoder("lite0:big")
     enc = build_encoder("identity:5")
-    assert isinstance(enc, IdentityEncoder) and enc.out_dim == 5
+    assert isinstance(enc, IdentityEncoder) and enc.feature_dim == 5
     assert build_encoder(enc) is enc
-    assert {"lite0", "identity:<out_dim>", "open_clip:<model_name>", "timm:<arch>", "torchvision:<arch>"} <= set(
+    assert {"lite0", "identity:<feature_dim>", "open_clip:<model_name>", "timm:<arch>", "torchvision:<arch>"} <= set(
         list_encoders()
     )
 
@@ -227,7 +242,7 @@ def test_registry_specs_and_errors() -> None:
             super().__init__(
                 nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                 name="test_mean_pool",
-                out_dim=3,
+                feature_dim=3,
                 transform=ImageTransform(image_size, (0, 0, 0), (1, 1, 1)),
                 architecture="mean pool",
                 weights="none",
@@ -241,7 +256,7 @@ def test_registry_specs_and_errors() -> None:
 
 
 def test_identity_encoder_checks_width() -> None:
-    enc = build_encoder({"name": "identity", "out_dim": 6})
+    enc = build_encoder({"name": "identity", "feature_dim": 6})
     x = torch.randn(4, 6, dtype=torch.float64)
     assert torch.equal(enc.encode(x), x.float())
     with pytest.raises(ValueError, match=r"expects features of shape \(B, 6\), got \(4, 5\)"):
@@ -282,7 +297,7 @@ def test_timm_local_weights_round_trip(tmp_path) -> None:
 
     save_file(source.state_dict(), str(path))
     enc = TimmEncoder("resnet18", weights_path=str(path), image_size=32)
-    assert enc.out_dim == 512 and enc.cache_identity()["weights"].startswith("sha256:")
+    assert enc.feature_dim == 512 and enc.cache_identity()["weights"].startswith("sha256:")
     x = torch.rand(3, 3, 32, 32)
     source.eval().reset_classifier(0)
     with torch.no_grad():
@@ -309,7 +324,7 @@ def test_torchvision_local_weights_and_classifier_removal(tmp_path) -> None:
     path = tmp_path / "tv_r18.pt"
     torch.save({"state_dict": source.state_dict()}, path)  # a training-script style checkpoint
     enc = TorchvisionEncoder("resnet18", weights_path=str(path), image_size=32)
-    assert enc.out_dim == 512
+    assert enc.feature_dim == 512
     x = torch.rand(2, 3, 32, 32)
     source.fc = nn.Identity()
     with torch.no_grad():
@@ -317,7 +332,7 @@ def test_torchvision_local_weights_and_classifier_removal(tmp_path) -> None:
     assert torch.allclose(enc.encode(x), expected, atol=1e-5)
 
     small = build_encoder({"name": "torchvision:mobilenet_v3_small", "weights": None, "image_size": 32})
-    assert small.out_dim == 1024  # the input of the last Linear of the classifier
+    assert small.feature_dim == 1024  # the input of the last Linear of the classifier
     assert small.encode(x).shape == (2, 1024)
     with pytest.raises(ValueError, match=r"no weights 'IMAGENET9K'.*IMAGENET1K_V1"):
         TorchvisionEncoder("resnet18", weights="IMAGENET9K")
@@ -353,7 +368,7 @@ def tiny_clip(tmp_path_factory):
 def test_open_clip_local_checkpoint_round_trip(tiny_clip) -> None:
     model, cfg, ckpt = tiny_clip
     enc = build_encoder({"name": "open_clip:bn-tiny-clip", "pretrained": ckpt, "model_config": cfg})
-    assert isinstance(enc, OpenCLIPEncoder) and enc.out_dim == 16
+    assert isinstance(enc, OpenCLIPEncoder) and enc.feature_dim == 16
     x = torch.rand(3, 3, 40, 40)
     with torch.no_grad():
         expected = model.encode_image(enc.transform(x))

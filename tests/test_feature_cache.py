@@ -238,6 +238,51 @@ def test_concurrent_writers_do_not_corrupt(tmp_path: Path) -> None:
     assert entry_files(cache.entry_dir(IDENT)) == [".lock", "features.npy", "meta.json"]  # no temp files
 
 
+def _killed_writer(root: str) -> None:
+    """Writes half of the array into the temporary file, then dies as if killed (no cleanup runs)."""
+    import os
+    import signal
+
+    def write_half_and_die(f, arr, allow_pickle=False):
+        f.write(b"\x93NUMPY" + b"\0" * (arr.nbytes // 2))
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    np.lib.format.write_array = write_half_and_die
+    FeatureCache(root).get_or_compute(IDENT, Counter(rows=5000))
+
+
+@pytest.mark.parametrize("then", ["read_existing", "compute_missing"])
+def test_killed_write_leaves_a_temporary_that_the_next_access_removes(tmp_path: Path, then) -> None:
+    root = tmp_path / "cache"
+    cache = FeatureCache(root)
+    if then == "read_existing":  # the entry is complete; a later rewrite (put) was killed
+        cache.get_or_compute(IDENT, Counter(rows=5000))
+    p = mp.get_context("fork").Process(target=_killed_writer if then == "compute_missing" else _killed_putter,
+                                       args=(str(root),))
+    p.start()
+    p.join(60)
+    assert p.exitcode == -9
+    d = cache.entry_dir(IDENT)
+    assert [n for n in entry_files(d) if ".tmp-" in n]  # the killed writer's leftover
+    x = cache.get_or_compute(IDENT, Counter(rows=5000))
+    assert torch.equal(x, Counter(rows=5000).value)
+    assert entry_files(d) == [".lock", "features.npy", "meta.json"]
+
+
+def _killed_putter(root: str) -> None:
+    import os
+    import signal
+
+    def write_half_and_die(f, arr, allow_pickle=False):
+        f.write(b"\0" * (arr.nbytes // 2))
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    np.lib.format.write_array = write_half_and_die
+    FeatureCache(root).put(IDENT, Counter(rows=5000).value)
+
+
 class TinyFeatures(ConceptDataset):
     kind = "features"
     num_classes = 2

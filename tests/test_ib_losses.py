@@ -69,7 +69,7 @@ def test_gaussian_bottleneck_contract_and_priors():
 
 
 def test_mixture_prior_single_standard_component_matches_analytic_kl():
-    b = GaussianBottleneck(5, 3, prior="mixture", n_components=1)
+    b = GaussianBottleneck(5, 3, prior="mixture", num_components=1)
     with torch.no_grad():
         b.prior_means.zero_()
         b.prior_log_stds.zero_()

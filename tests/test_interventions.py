@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from _concept_data import NAMES, datamodule, shapes_like, trainer  # noqa: E402
 
-from bottlenecks.analysis.interventions import (  # noqa: E402
+from bottlenecks.analysis import (  # noqa: E402
     ExpectedChangePolicy,
     InterventionPolicy,
     intervene,

@@ -40,7 +40,7 @@ def test_joint_cbm_learns_concepts_and_label(concept_arrays):
 
 def test_concept_loss_weight_zero_leaves_concepts_unsupervised(concept_arrays):
     dm = _dm(concept_arrays)
-    model = BottleneckModel(ConceptBottleneck(20, n_concepts=5), num_classes=4, lr=5e-2, concept_loss_weight=0.0)
+    model = BottleneckModel(ConceptBottleneck(20, num_concepts=5), num_classes=4, lr=5e-2, concept_loss_weight=0.0)
     _trainer().fit(model, dm)
     res = _trainer().test(model, dm, verbose=False)[0]
     assert res["test/task_acc"] > 0.9
@@ -49,7 +49,7 @@ def test_concept_loss_weight_zero_leaves_concepts_unsupervised(concept_arrays):
 
 def test_intervention_replaces_probabilities(concept_arrays):
     x, c, y = concept_arrays
-    b = ConceptBottleneck(20, n_concepts=5)
+    b = ConceptBottleneck(20, num_concepts=5)
     mask = torch.zeros(4, 5, dtype=torch.bool)
     mask[:, 2] = True
     out = b(x[:4], concepts=c[:4], intervention_mask=mask)
@@ -61,12 +61,12 @@ def test_intervention_replaces_probabilities(concept_arrays):
 
 def test_bad_width_and_concepts_are_named(concept_arrays):
     x, c, y = concept_arrays
-    b = ConceptBottleneck(20, n_concepts=5)
+    b = ConceptBottleneck(20, num_concepts=5)
     with pytest.raises(ValueError, match="expects 20-dimensional features but got 7"):
         b(x[:4, :7])
     with pytest.raises(ValueError, match="concepts has 5 columns but the concept vocabulary has 3 names"):
         ArrayDataModule.from_arrays(x_train=x, y_train=y, concepts_train=c, concept_names=["a", "b", "c"])
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"y_train row 3, label 3 is out of range for num_classes=3 \(expected 0..2\)"):
         ArrayDataModule.from_arrays(x_train=x, y_train=y, num_classes=3)
     with pytest.raises(ValueError, match="NaN or inf"):
         b(torch.full((2, 20), float("nan")))
@@ -160,7 +160,8 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, concept_arrays, capsys):
         main(["fit", "--config", str(cfg)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "missing.npz" in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("bottlenecks: error:")]
+    assert lines == [f"bottlenecks: error: ArrayDataModule: no file at {tmp_path / 'missing.npz'}"]
     assert "Traceback" not in err
 
 
@@ -176,19 +177,33 @@ def test_interrupted_fit_resumes_from_its_checkpoint(tmp_path, concept_arrays):
     weights carry over, and the resumed run ends where an uninterrupted one does."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    class Batches(L.Callback):
+        """Which epochs this fit actually trained, batch by batch."""
+
+        def __init__(self):
+            self.epochs = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.epochs.append(trainer.current_epoch)
+
     def run(max_epochs, ckpt_path=None):
         L.seed_everything(0)
         dm = _dm(concept_arrays)
-        model = BottleneckModel(ConceptBottleneck(20, n_concepts=5), num_classes=4, lr=5e-2, lr_schedule="constant")
+        model = BottleneckModel(ConceptBottleneck(20, num_concepts=5), num_classes=4, lr=5e-2, lr_schedule="constant")
         cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        seen = Batches()
         trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, deterministic=True, callbacks=[cb])
+                            enable_model_summary=False, deterministic=True, callbacks=[cb, seen])
         trainer.fit(model, dm, ckpt_path=ckpt_path)
+        trainer.batches_trained = seen.epochs
         return model, trainer
 
     first, t1 = run(3)
     resumed, t2 = run(6, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert t1.global_step > 0 and t2.global_step == 2 * t1.global_step
+    # the second fit trained epochs 3..5 only: a run from scratch would train 0..5
+    assert len(t2.batches_trained) == t1.global_step
+    assert sorted(set(t2.batches_trained)) == [3, 4, 5]
     assert t2.train_dataloader.sampler.epoch == 5  # Lightning set each epoch's shuffling seed
     assert torch.equal(resumed.norm.mean, first.norm.mean)  # statistics restored, not refitted
     straight, _ = run(6)

@@ -58,16 +58,16 @@ def test_forward_is_nearest_code_with_straight_through_gradient():
 
 
 def test_heads_quantise_chunks_with_separate_or_shared_codebooks():
-    vq = VectorQuantizer(12, codebook_size=16, heads=3)
+    vq = VectorQuantizer(12, codebook_size=16, num_heads=3)
     out = vq(torch.randn(10, 12))
     assert vq.codebook.shape == (3, 16, 4) and out.codes.shape == (10, 3)
     for head in range(3):
         assert torch.allclose(out.z[:, 4 * head : 4 * head + 4], vq.codebook[head][out.codes[:, head]])
-    shared = VectorQuantizer(12, codebook_size=16, heads=3, shared_codebook=True)
+    shared = VectorQuantizer(12, codebook_size=16, num_heads=3, shared_codebook=True)
     assert shared.codebook.shape == (1, 16, 4) and shared(torch.randn(10, 12)).codes.shape == (10, 3)
-    with pytest.raises(ValueError, match="heads=5 does not divide in_features=12"):
-        VectorQuantizer(12, heads=5)
-    projected = VectorQuantizer(12, codebook_size=16, heads=2, code_dim=3)
+    with pytest.raises(ValueError, match="num_heads=5 does not divide in_features=12"):
+        VectorQuantizer(12, num_heads=5)
+    projected = VectorQuantizer(12, codebook_size=16, num_heads=2, code_dim=3)
     assert projected(torch.randn(4, 12)).z.shape == (4, 6) and projected.out_features == 6
 
 
@@ -78,7 +78,7 @@ def test_cosine_codes_are_unit_vectors():
 
 
 def test_ema_moves_codes_to_their_inputs_without_codebook_loss():
-    vq = VectorQuantizer(4, codebook_size=1, ema=True, decay=0.9)
+    vq = VectorQuantizer(4, codebook_size=1, ema=True, ema_decay=0.9)
     assert not any(p.requires_grad for p in vq.parameters())
     x = torch.full((32, 4), 2.0)
     for _ in range(100):
@@ -108,7 +108,7 @@ def test_kmeans_beats_random_codes_and_needs_enough_samples():
         return torch.cdist(x, c[0]).min(-1).values.pow(2).mean()
 
     assert distortion(centroids) < 0.8 * distortion(random_codes)
-    vq = VectorQuantizer(4, codebook_size=32, kmeans_init=True)
+    vq = VectorQuantizer(4, codebook_size=32, init="kmeans")
     assert vq.needs_data_init()
     with pytest.raises(ValueError, match="k-means initialisation of 32 codes needs at least 32 vectors"):
         vq.init_from_data(x[:20])
@@ -189,7 +189,7 @@ def test_vq_trains_in_the_model_with_kmeans_init_at_fit_start():
     y = torch.randint(4, (800,), generator=g)
     x = centres[y] + 0.5 * torch.randn(800, 8, generator=g)
     dm = ArrayDataModule.from_arrays(x_train=x[:600], y_train=y[:600], x_test=x[600:], y_test=y[600:], batch_size=64)
-    vq = VectorQuantizer(8, codebook_size=16, kmeans_init=True, ema=True)
+    vq = VectorQuantizer(8, codebook_size=16, init="kmeans", ema=True)
     model = BottleneckModel(vq, num_classes=4, lr=1e-2, loss_weights={"commitment": 0.25})
     trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)

@@ -1,4 +1,6 @@
-"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``.
+"""The ``bottlenecks`` command: ``bottlenecks fit|validate|test|predict --config X.yaml``,
+and ``bottlenecks report RUN_DIR`` (an offline HTML page of a trained run,
+:mod:`bottlenecks.analysis.html_report`).
 
 A LightningCLI in subclass mode: ``model:`` and ``data:`` take any class path,
 and the data's feature width, concept names, number of classes and task are
@@ -7,18 +9,74 @@ linked into the model and its bottleneck, so a config never repeats them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import pickle
 import sys
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from bottlenecks.checkpoints import first_line, is_code_refusal, load_checkpoint_file, unpickler_reason
 from bottlenecks.data.datamodule import FeatureDataModule
 from bottlenecks.models.module import BottleneckModel
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written crash-safely: a temporary file in the checkpoint's own folder,
+    fsync'ed, then renamed over the final name; on any error the temporary file is removed
+    and the final name is untouched.
+
+    Lightning 2.6's ``_atomic_save`` writes to ``tempfile.mkstemp()`` in the *system* temp
+    folder and ``shutil.move``s it: a rename when both lie on one filesystem, but a plain
+    copy onto the final name when they do not (a full disk then leaves a truncated file under
+    a valid-looking name), without fsync, and a killed process leaves its temp file behind.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            # torch.save reports a failed write (full disk) as a RuntimeError over the OSError
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from err
+            raise
+        with contextlib.suppress(OSError):
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Write ``trainer``'s checkpoints with :class:`AtomicCheckpointIO` unless a custom CheckpointIO was given."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 class SafeTrainer(L.Trainer):
@@ -27,6 +85,7 @@ class SafeTrainer(L.Trainer):
     Every entry point that reads a checkpoint (``fit``/``validate``/``test``/``predict`` with
     ``ckpt_path``) loads it with ``weights_only=True``: a checkpoint from someone else can hold
     tensors and plain containers, never code. Asking for ``weights_only=False`` is an error.
+    The CLI writes its checkpoints with :class:`AtomicCheckpointIO` (:func:`use_atomic_checkpoints`).
     """
 
     def _safe(self, weights_only: bool | None) -> bool:
@@ -109,6 +168,110 @@ class BottlenecksCLI(LightningCLI):
         bottleneck = getattr(self.model, "hparams", {}).get("bottleneck")
         if isinstance(bottleneck, dict):
             _drop_unaccepted_init_args(bottleneck)
+    # ------------------------------------------------------------ parsing
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except Exception as err:  # noqa: BLE001 - the parser travels with the error to main()
+            err.bottlenecks_parser = parser  # type: ignore[attr-defined]
+            err.bottlenecks_subcommand = next(  # type: ignore[attr-defined]
+                (a for a in (args if args is not None else sys.argv[1:]) if a in ("fit", "validate", "test", "predict")),
+                None,
+            )
+            raise
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning reads it: it exists, loads with
+        ``weights_only=True``, is a Lightning checkpoint, and was trained with the bottleneck
+        the config asks for (Lightning would silently rebuild the checkpoint's own)."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        self._ckpt_shapes: dict[str, tuple[int, ...]] | None = None
+        if not ckpt_path:
+            return
+        if str(ckpt_path) in ("best", "last", "hpc", "registry") or "://" in str(ckpt_path):
+            return super()._parse_ckpt_path()
+        ckpt = load_checkpoint_file(ckpt_path)
+        self._ckpt_shapes = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if hasattr(v, "shape")}
+        hparams = ckpt.get("hyper_parameters") or {}
+        wanted = _class_path(self.config[sub].get("model"), "bottleneck")
+        saved = _class_path(hparams, "bottleneck")
+        if wanted and saved and wanted != saved:
+            raise ValueError(
+                f"checkpoint {ckpt_path} holds a {saved.rsplit('.', 1)[-1]} bottleneck but the config asks "
+                f"for {wanted.rsplit('.', 1)[-1]}; pass the config the checkpoint was trained with (its run "
+                "directory's config.yaml)"
+            )
+        super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
+
+    # ------------------------------------------------------------ run checks
+    def _before_run(self, subcommand: str) -> None:
+        sub = self.config[subcommand]
+        ckpt = sub.get("ckpt_path")
+        trainer = self.trainer
+        if subcommand in ("validate", "test", "predict") and not ckpt:
+            raise ValueError(
+                f"`bottlenecks {subcommand}` needs --ckpt_path (a trained checkpoint, e.g. "
+                "runs/<name>/version_0/checkpoints/last.ckpt); without one it would score untrained weights"
+            )
+        if subcommand == "predict":
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            from bottlenecks.analysis.report import PredictionWriter
+
+            if not any(isinstance(cb, (PredictionWriter, BasePredictionWriter)) for cb in trainer.callbacks):
+                raise ValueError(
+                    "`bottlenecks predict` has no prediction writer, so its predictions would be discarded; "
+                    "add `- class_path: bottlenecks.analysis.report.PredictionWriter` to trainer.callbacks"
+                )
+        if subcommand == "fit":
+            if trainer.max_epochs == 0 or trainer.max_steps == 0:
+                what = "max_epochs=0" if trainer.max_epochs == 0 else "max_steps=0"
+                raise ValueError(f"trainer.{what}: `fit` would train nothing; give a positive value")
+            lr = getattr(self.model, "hparams", {}).get("lr")
+            if lr is not None and not lr > 0:
+                raise ValueError(f"model.lr={lr}: the optimiser would not move the weights; give lr > 0")
+        self._check_checkpoint_fits(ckpt)
+        _claim_run_dir(trainer)
+
+    def _check_checkpoint_fits(self, ckpt: Any) -> None:
+        shapes = getattr(self, "_ckpt_shapes", None)
+        if not shapes:
+            return
+        mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        for key, shape in shapes.items():
+            if key in mine and mine[key] != shape:
+                raise ValueError(
+                    f"checkpoint {ckpt} does not fit this data: {key} has shape {shape} in the checkpoint but "
+                    f"{mine[key]} here (feature width, concepts or classes differ: was it trained on other data?)"
+                )
+        missing = sorted(set(mine) - set(shapes))
+        extra = sorted(set(shapes) - set(mine))
+        if missing or extra:
+            raise ValueError(
+                f"checkpoint {ckpt} does not fit this model: "
+                + "; ".join(
+                    f"{what} {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+                    for what, keys in (("it lacks", missing), ("it has unknown", extra)) if keys
+                )
+            )
+
+    def before_fit(self) -> None:
+        self._before_run("fit")
+
+    def before_validate(self) -> None:
+        self._before_run("validate")
+
+    def before_test(self) -> None:
+        self._before_run("test")
+
+    def before_predict(self) -> None:
+        self._before_run("predict")
 
     def _dump_config(self) -> None:
         # Lightning writes linked values into the saved hyperparameters and expects every
@@ -142,6 +305,30 @@ def _drop_unaccepted_init_args(config: dict[str, Any]) -> None:
         return
     for key in [k for k in init_args if k not in params]:
         del init_args[key]
+def _class_path(node: Any, key: str) -> str | None:
+    """``node[init_args][key][class_path]`` (or ``node[key][class_path]``) as a string, if present."""
+    node = node.get("init_args", node) if hasattr(node, "get") else None
+    sub = node.get(key) if hasattr(node, "get") else None
+    cp = sub.get("class_path") if hasattr(sub, "get") else None
+    return str(cp) if cp else None
+
+
+def _claim_run_dir(trainer: L.Trainer) -> None:
+    """Give the run its own version folder by creating it (``mkdir`` is atomic): two runs
+    started at once would otherwise both pick ``version_N`` and collide on its files."""
+    for logger in trainer.loggers:
+        if getattr(logger, "_version", "fixed") is not None or not hasattr(logger, "_get_next_version"):
+            continue
+        version = logger._get_next_version()
+        while True:
+            logger._version = version
+            path = Path(logger.log_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                version += 1
 
 
 def _ensure_init_args(node: Any) -> None:
@@ -155,14 +342,69 @@ def _ensure_init_args(node: Any) -> None:
             _ensure_init_args(value)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``bottlenecks`` console script.
+def upgrade_config_args(args: list[str]) -> list[str]:
+    """Config files that use option names from before the unified vocabulary, rewritten.
 
-    Errors raised by our own validation (bad config values, missing files, mismatched
-    widths) end with one line naming the problem; set ``BOTTLENECKS_DEBUG=1`` for
-    the full traceback.
+    Each ``--config FILE`` whose YAML names a renamed option (:data:`bottlenecks.naming.RENAMED`)
+    is passed on as the upgraded YAML text, with a DeprecationWarning naming each new option;
+    the file itself is left untouched.
     """
+    import copy
+
+    import yaml
+
+    from bottlenecks.naming import upgrade_config
+
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            j, value = i + 1, out[i + 1]
+        elif arg.startswith("--config="):
+            j, value = i, arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            continue
+        try:
+            original = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue  # the parser reports it with the file's name
+        upgraded = upgrade_config(copy.deepcopy(original))
+        if upgraded != original:
+            text = yaml.safe_dump(upgraded, sort_keys=False)
+            out[j] = text if j == i + 1 else f"--config={text}"
+    return out
+
+
+#: ``bottlenecks NAME ...`` commands besides Lightning's fit/validate/test/predict: NAME -> "module:function",
+#: the function taking the remaining arguments and returning an exit code
+TOOLS = {
+    "edit": "bottlenecks.editing.cli:main",
+    "report": "bottlenecks.analysis.html_report:report_main",
+}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``bottlenecks`` console script (``bottlenecks edit CHECKPOINT EDITS.yaml``
+    applies an edit file: :mod:`bottlenecks.editing.cli`).
+
+    Every error ends with one line on stderr, ``bottlenecks: error: ...``, naming the file,
+    option or row at fault, and exit code 2; set ``BOTTLENECKS_DEBUG=1`` for the traceback.
+    """
+    subcommands = ("fit", "validate", "test", "predict")
+    argv = list(sys.argv[1:] if args is None else args)
     try:
+        if argv and argv[0] in TOOLS:
+            # commands that are not Lightning runs: thin functions behind the same error boundary
+            import importlib
+
+            module, _, name = TOOLS[argv[0]].partition(":")
+            code = getattr(importlib.import_module(module), name)(argv[1:])
+            if code:
+                sys.exit(code)
+            return
+        args = upgrade_config_args(argv)
         BottlenecksCLI(
             BottleneckModel,
             FeatureDataModule,
@@ -172,31 +414,81 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": False},
             args=args,
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, **{s: {"exit_on_error": False} for s in subcommands}},
         )
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # noqa: BLE001 - the one error boundary of the command
         if os.environ.get("BOTTLENECKS_DEBUG"):
             raise
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(
-            "bottlenecks: error: refused to load a checkpoint: it holds objects other than tensors and "
-            "plain data, and loading those could run code (bottlenecks only loads with "
-            f"weights_only=True). Details: {first.split('. In PyTorch')[0]}",
-            file=sys.stderr,
+        print(f"bottlenecks: error: {describe_error(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for any exception the command can end with."""
+    import argparse
+
+    if isinstance(err, argparse.ArgumentError) or type(err).__name__ == "ArgumentError":
+        from bottlenecks.config_errors import describe_config_error
+
+        return describe_config_error(
+            str(err), getattr(err, "bottlenecks_parser", None), getattr(err, "bottlenecks_subcommand", None)
         )
-        sys.exit(2)
-    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
-        if os.environ.get("BOTTLENECKS_DEBUG"):
-            raise
-        root = _root_cause(err)
-        print(f"bottlenecks: error: {root}", file=sys.stderr)
-        sys.exit(2)
+    root = _root_cause(err)
+    if is_code_refusal(root):
+        return (
+            "refused to load a checkpoint: it holds objects other than tensors and plain data, and "
+            "loading those could run code (bottlenecks only loads with weights_only=True). Details: "
+            + unpickler_reason(root)
+        )
+    if isinstance(root, OSError) and not isinstance(root, FileNotFoundError):
+        what = {
+            errno.ENOSPC: "the disk is full",
+            errno.EROFS: "the filesystem is read-only",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EFBIG: "the file is too large for this filesystem or limit",
+        }.get(root.errno or -1)
+        target = f" {root.filename}" if root.filename else ""
+        if what:
+            return f"cannot write{target}: {what} ({root.strerror or first_line(root)})"
+        return f"{type(root).__name__}{target}: {root.strerror or first_line(root)}"
+    message = _one_line(root)
+    if isinstance(root, (ValueError, FileNotFoundError, TypeError, KeyError)):
+        return message
+    return f"{type(root).__name__}: {message} (set BOTTLENECKS_DEBUG=1 for the traceback)"
+
+
+def _one_line(err: BaseException, limit: int = 600) -> str:
+    text = " ".join(part.strip() for part in str(err).strip().splitlines() if part.strip())
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    """The innermost exception (jsonargparse wraps errors raised in constructors)."""
-    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+    """The exception worth reporting in a chain (jsonargparse and Lightning wrap errors).
+
+    The outermost exception raised by bottlenecks' own code carries a message written for
+    the user; without one, the innermost exception of the chain.
+    """
+    chain = [err]
+    while (err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__)) and len(chain) < 50:
         err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return err
+        chain.append(err)
+    for e in chain:
+        if _raised_by_bottlenecks(e):
+            return e
+    return chain[-1]
+
+
+def _raised_by_bottlenecks(err: BaseException) -> bool:
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    parts = Path(tb.tb_frame.f_code.co_filename).parts
+    return "bottlenecks" in parts[-3:-1] or (len(parts) >= 2 and parts[-2] == "bottlenecks")
 
 
 if __name__ == "__main__":

@@ -276,8 +276,9 @@ def plot_information_plane(
     """
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from bottlenecks.analysis.plots import pyplot
+
+    plt = pyplot()  # Agg, unless pyplot is already set up (a notebook's inline backend)
 
     if not history:
         raise ValueError("the information-plane history is empty; nothing to plot")

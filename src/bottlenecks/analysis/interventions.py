@@ -77,21 +77,21 @@ def make_intervention(
     concepts: Sequence[ConceptKey] | Sequence[Sequence[ConceptKey]] | Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Turn an intervention request into ``(values, mask)`` tensors of shape ``(batch, n_concepts)``.
+    """Turn an intervention request into ``(values, mask)`` tensors of shape ``(batch, num_concepts)``.
 
     Args:
         names: the model's concept names.
         batch_size: number of examples.
         values: either a mapping ``{concept name or index: value}`` (a number, or a
             ``(batch,)`` tensor for per-example values), or concept values as a tensor/array
-            ``(batch, n_concepts)`` or ``(n_concepts,)`` (broadcast), NaN = leave alone, or a
+            ``(batch, num_concepts)`` or ``(num_concepts,)`` (broadcast), NaN = leave alone, or a
             single number used for every selected concept.
         concepts: which concepts to set when ``values`` is a tensor or a number: None (every
             non-NaN entry), a list of names/indices (the same for every example), a list of
-            such lists (one per example), or a bool mask ``(batch, n_concepts)``.
+            such lists (one per example), or a bool mask ``(batch, num_concepts)``.
 
     Returns:
-        ``values`` float ``(batch, n_concepts)`` (NaN where not set) and ``mask`` bool.
+        ``values`` float ``(batch, num_concepts)`` (NaN where not set) and ``mask`` bool.
     """
     n = len(names)
     shape = (batch_size, n)
@@ -130,7 +130,7 @@ def make_intervention(
             raise ValueError(f"intervention values have {v.shape[0]} rows but the batch has {batch_size} examples")
     else:
         raise ValueError(
-            f"intervention values must be (batch, n_concepts) = {shape}, (n_concepts,) or a number, "
+            f"intervention values must be (batch, num_concepts) = {shape}, (num_concepts,) or a number, "
             f"got shape {tuple(v.shape)}"
         )
 
@@ -139,7 +139,7 @@ def make_intervention(
     elif torch.is_tensor(concepts):
         if concepts.dtype != torch.bool or tuple(concepts.shape) != shape:
             raise ValueError(
-                f"a concept mask must be a bool tensor of shape {shape} (batch, n_concepts), got "
+                f"a concept mask must be a bool tensor of shape {shape} (batch, num_concepts), got "
                 f"{concepts.dtype} {tuple(concepts.shape)}"
             )
         mask = concepts.to(v.device).clone()
@@ -174,8 +174,8 @@ class InterventionResult:
 
     Attributes:
         y_hat: task output ``(batch, num_classes)`` (logits / log-probabilities) or ``(batch,)``.
-        probs: concept probabilities after the intervention ``(batch, n_concepts)``.
-        values, mask: the intervention that was applied ``(batch, n_concepts)``.
+        probs: concept probabilities after the intervention ``(batch, num_concepts)``.
+        values, mask: the intervention that was applied ``(batch, num_concepts)``.
         out: the bottleneck's full output.
     """
 
@@ -219,39 +219,4 @@ def intervene(
     return InterventionResult(y_hat=y_hat, probs=probs, values=v, mask=mask, out=out)
 
 
-# The policies, curves and leakage measures used to live here; these names keep old imports working.
-from bottlenecks.analysis.intervention_curves import (  # noqa: E402
-    InterventionCurve,
-    intervention_curve,
-    plot_intervention_curves,
-)
-from bottlenecks.analysis.leakage import concept_leakage  # noqa: E402
-from bottlenecks.analysis.policies import (  # noqa: E402
-    POLICIES,
-    ExpectedChangePolicy,
-    InterventionPolicy,
-    PolicyState,
-    RandomPolicy,
-    UncertaintyPolicy,
-    make_policy,
-)
-
-__all__ = [
-    "POLICIES",
-    "ExpectedChangePolicy",
-    "InterventionCurve",
-    "InterventionPolicy",
-    "InterventionResult",
-    "PolicyState",
-    "RandomPolicy",
-    "UncertaintyPolicy",
-    "check_concept_supervised",
-    "concept_index",
-    "concept_leakage",
-    "intervene",
-    "intervention_curve",
-    "make_intervention",
-    "make_policy",
-    "model_concept_names",
-    "plot_intervention_curves",
-]
+__all__ = ["ConceptKey", "InterventionResult", "concept_index", "intervene", "make_intervention"]

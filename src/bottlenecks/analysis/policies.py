@@ -23,11 +23,11 @@ class PolicyState:
     Attributes:
         model: the concept model (in eval mode, under ``torch.no_grad``).
         x: ``(batch, in_features)`` inputs.
-        probs: ``(batch, n_concepts)`` concept probabilities after the interventions so far.
+        probs: ``(batch, num_concepts)`` concept probabilities after the interventions so far.
         y_hat: task output after the interventions so far.
-        values: ``(batch, n_concepts)`` the values revealed so far (NaN elsewhere).
-        mask: ``(batch, n_concepts)`` concepts already intervened on.
-        available: ``(batch, n_concepts)`` concepts that may still be chosen.
+        values: ``(batch, num_concepts)`` the values revealed so far (NaN elsewhere).
+        mask: ``(batch, num_concepts)`` concepts already intervened on.
+        available: ``(batch, num_concepts)`` concepts that may still be chosen.
     """
 
     model: nn.Module
@@ -103,7 +103,7 @@ class ExpectedChangePolicy(InterventionPolicy):
 
     where ``D`` is the total-variation distance between the label distributions after
     and before the hypothetical intervention (classification) or the absolute change of
-    the prediction (regression). Costs ``2 · n_concepts`` forward passes per step.
+    the prediction (regression). Costs ``2 · num_concepts`` forward passes per step.
     """
 
     name = "expected_change"

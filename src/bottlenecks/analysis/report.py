@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ def _float(v: Any) -> float:
     return float(v.item() if torch.is_tensor(v) else v)
 
 
+def _none_if_nan(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` via a temporary file and ``os.replace``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -30,14 +39,20 @@ class RunReport(Callback):
     metric and the same task metric for a linear probe on the same features, and
     writes it all to ``<run dir>/metrics.json``.
 
+    With ``curves`` (default), the run's training curves (``metrics.csv``, one panel per
+    metric, train and val together) are drawn to ``<run dir>/curves.png`` as well;
+    ``bottlenecks report RUN_DIR`` shows them with everything else.
+
     Args:
         linear_probe: fit the black-box probe (needs a datamodule with feature splits).
         probe_max_train: at most this many training rows for the probe (random subset).
+        curves: draw ``curves.png`` from the run's ``metrics.csv`` (when there is one).
     """
 
-    def __init__(self, linear_probe: bool = True, probe_max_train: int = 20000) -> None:
+    def __init__(self, linear_probe: bool = True, probe_max_train: int = 20000, curves: bool = True) -> None:
         self.linear_probe = linear_probe
         self.probe_max_train = probe_max_train
+        self.curves = curves
         self.metrics: dict[str, Any] = {}
 
     @rank_zero_only
@@ -47,7 +62,8 @@ class RunReport(Callback):
         per = getattr(pl_module, "test_concept_metrics", None)
         if names and per:
             m["per_concept"] = {
-                n: {k: _float(per[k][i]) for k in per} for i, n in enumerate(names)
+                # None: undefined (no labels, or one class for AUROC) in the test split
+                n: {k: _none_if_nan(_float(per[k][i])) for k in per} for i, n in enumerate(names)
             }
         dm = trainer.datamodule
         if self.linear_probe and dm is not None and hasattr(dm, "split"):
@@ -64,7 +80,33 @@ class RunReport(Callback):
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "metrics.json", m)
+        if self.curves:
+            write_curves(run_dir)
         print_report(m, run_dir)
+
+
+def write_curves(run_dir: Path) -> Path | None:
+    """Draw ``run_dir/metrics.csv`` to ``run_dir/curves.png``; None when there is nothing to
+    draw. A failure to draw warns and never fails the run."""
+    import warnings
+
+    csv_path = run_dir / "metrics.csv"
+    if not csv_path.is_file():
+        return None
+    try:
+        from bottlenecks.analysis.plots import figure_png, plot_training_curves
+
+        png = figure_png(plot_training_curves(csv_path))
+    except ValueError:
+        return None  # no train/val metrics logged
+    except Exception as err:  # noqa: BLE001 - a plot must not fail a finished run
+        warnings.warn(f"could not draw the training curves of {run_dir}: {type(err).__name__}: {err}", stacklevel=2)
+        return None
+    out = run_dir / "curves.png"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(png)
+    os.replace(tmp, out)
+    return out
 
 
 #: bump when the probe's definition changes, so cached results are not reused
@@ -114,9 +156,9 @@ def print_report(m: dict[str, Any], run_dir: Path | None = None) -> None:
         t.add_column("accuracy", justify="right")
         t.add_column("AUROC", justify="right")
         for name, v in per.items():
-            t.add_row(name, f"{v.get('concept_acc', float('nan')):.3f}", f"{v.get('concept_auroc', float('nan')):.3f}")
-        t.add_row("[b]mean[/b]", f"[b]{m.get('test/concept_acc', float('nan')):.3f}[/b]",
-                  f"[b]{m.get('test/concept_auroc', float('nan')):.3f}[/b]")
+            t.add_row(name, _fmt(v.get("concept_acc")), _fmt(v.get("concept_auroc")))
+        t.add_row("[b]mean[/b]", f"[b]{_fmt(m.get('test/concept_acc'))}[/b]",
+                  f"[b]{_fmt(m.get('test/concept_auroc'))}[/b]")
         console.print(t)
     t = Table(title="task (test)")
     t.add_column("model")

@@ -5,8 +5,8 @@ dicts of DESIGN.md, one example at a time::
 
     {"x": Tensor,              # image (3, H, W) float in [0, 1], or a feature vector (d,)
      "y": Tensor,              # int64 class index (classification) or float (regression)
-     "concepts": Tensor,       # (n_concepts,) float in [0, 1], NaN where unlabelled (optional)
-     "masks": Tensor,          # (n_concepts, H, W) bool ground-truth locations (optional)
+     "concepts": Tensor,       # (num_concepts,) float in [0, 1], NaN where unlabelled (optional)
+     "masks": Tensor,          # (num_concepts, H, W) bool ground-truth locations (optional)
      "index": int}
 
 Besides items, it exposes the labels and concepts of *all* examples as tensors
@@ -24,11 +24,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from bottlenecks.naming import NamedConcepts
 
 Task = Literal["classification", "regression"]
 
 
-class ConceptDataset(Dataset):
+class ConceptDataset(NamedConcepts, Dataset):
     """Base class of raw datasets. Subclasses set the attributes and implement ``__getitem__``.
 
     Attributes:
@@ -38,6 +39,9 @@ class ConceptDataset(Dataset):
         kind: ``"image"`` when ``x`` is a ``(3, H, W)`` image in ``[0, 1]``,
             ``"features"`` when ``x`` is already a vector.
         class_names: optional readable class names.
+        image_shape: for ``kind == "features"`` data whose vector is a flattened picture
+            (sklearn digits: ``(8, 8)``), its ``(H, W)`` or ``(C, H, W)`` shape, so reports can
+            show examples as images; None otherwise.
     """
 
     concept_names: list[str] | None = None
@@ -45,6 +49,7 @@ class ConceptDataset(Dataset):
     task: Task = "classification"
     kind: Literal["image", "features"] = "image"
     class_names: list[str] | None = None
+    image_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -57,7 +62,7 @@ class ConceptDataset(Dataset):
         raise NotImplementedError
 
     def concept_table(self) -> Tensor | None:
-        """All concept values ``(n, n_concepts)`` float32 (NaN = unlabelled), or None."""
+        """All concept values ``(n, num_concepts)`` float32 (NaN = unlabelled), or None."""
         return None
 
     def fingerprint(self) -> str:
@@ -76,10 +81,6 @@ class ConceptDataset(Dataset):
             where = type(self).__name__ + (f"[{split}]" if split else "")
             raise IndexError(f"{where} has {n} items, index {index} is out of range")
         return index
-
-    @property
-    def n_concepts(self) -> int:
-        return 0 if self.concept_names is None else len(self.concept_names)
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
@@ -120,7 +121,7 @@ class ConceptSubset(ConceptDataset):
         self.dataset = dataset
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.tag = tag
-        for attr in ("concept_names", "num_classes", "task", "kind", "class_names"):
+        for attr in ("concept_names", "num_classes", "task", "kind", "class_names", "image_shape"):
             setattr(self, attr, getattr(dataset, attr))
 
     def __len__(self) -> int:

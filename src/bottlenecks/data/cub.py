@@ -247,7 +247,7 @@ class CUB200(ConceptDataset):
 
         {"x": (3, H, W) float32 in [0, 1],
          "y": int64 class index in [0, num_classes),
-         "concepts": (n_concepts,) float32 in {0, 1, NaN},
+         "concepts": (num_concepts,) float32 in {0, 1, NaN},
          "parts": (n_parts, 3) float32 = (x, y, visible),   # when parts/ is present
          "bbox": (4,) float32 = (x, y, width, height),      # when bounding_boxes.txt is present
          "index": int}
@@ -435,7 +435,7 @@ class CUB200(ConceptDataset):
         return self._y.clone()
 
     def concept_table(self) -> Tensor:
-        """Concepts ``(n, n_concepts)`` float32 in {0, 1, NaN}."""
+        """Concepts ``(n, num_concepts)`` float32 in {0, 1, NaN}."""
         return self._concepts.clone()
 
     def part_table(self) -> Tensor | None:

@@ -9,6 +9,7 @@ from tensors (one indexing op per batch, no per-example collation).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,17 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bottlenecks.data.base import ConceptDataset, Task, check_concepts, check_labels
+from bottlenecks.data.validation import (
+    DataWarning,
+    as_label_list,
+    check_feature_matrix,
+    check_row_identity,
+    check_same_rows,
+    closest,
+    encode_class_labels,
+    regression_targets,
+)
+from bottlenecks.naming import NamedConcepts
 
 SPLITS = ("train", "val", "test")
 
@@ -82,7 +94,7 @@ def batch_loader(ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, 
     )
 
 
-class FeatureDataModule(L.LightningDataModule):
+class FeatureDataModule(NamedConcepts, L.LightningDataModule):
     """Shared serving logic: holds per-split feature tensors and builds loaders.
 
     Subclasses fill ``self._splits[split] = FeatureBatches(...)`` in :meth:`setup` and
@@ -107,10 +119,6 @@ class FeatureDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self._splits: dict[str, FeatureBatches] = {}
-
-    @property
-    def n_concepts(self) -> int:
-        return 0 if self.concept_names is None else len(self.concept_names)
 
     def split(self, name: str) -> FeatureBatches:
         """The feature tensors of one split (``setup`` must have run)."""
@@ -186,7 +194,7 @@ class BottleneckDataModule(FeatureDataModule):
             self.feature_dim = int(probe[0]["x"].numel())
             self.encoder_spec = f"identity:{self.feature_dim}"
         else:
-            self.feature_dim = self.encoder.out_dim
+            self.feature_dim = self.encoder.feature_dim
 
     # ------------------------------------------------------------ subclass API
     def make_dataset(self, split: str) -> ConceptDataset:  # pragma: no cover - abstract
@@ -276,25 +284,62 @@ class ArrayDataModule(FeatureDataModule):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
         if (path is None) == (arrays is None):
             raise ValueError("ArrayDataModule needs exactly one of `path` or arrays (use from_arrays)")
+        where = str(path) if path is not None else "ArrayDataModule arrays"
         data = _load_arrays(path) if path is not None else dict(arrays)  # type: ignore[arg-type]
-        tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in data.items() if v is not None}
+        data = {k: v for k, v in data.items() if v is not None}
+        known = [f"{p}_{s}" for p in ("x", "y", "concepts") for s in SPLITS]
+        for key in data:
+            if key not in known:
+                raise ValueError(f"{where}: unknown key {key!r}{closest(key, known)}; expected keys {known}")
         for key in ("x_train", "y_train"):
-            if key not in tensors:
-                raise ValueError(f"ArrayDataModule: missing {key!r}; got keys {sorted(tensors)}")
+            if key not in data:
+                raise ValueError(f"{where}: missing {key!r}; got keys {sorted(data)}")
+        present = [s for s in SPLITS if f"x_{s}" in data or f"y_{s}" in data or f"concepts_{s}" in data]
+        for split in present:
+            for prefix in ("x", "y"):
+                if f"{prefix}_{split}" not in data:
+                    raise ValueError(f"{where}: {split} split has no {prefix}_{split} (got keys {sorted(data)})")
+        if "concepts_train" in data and any(f"concepts_{s}" not in data for s in present):
+            lacking = [f"concepts_{s}" for s in present if f"concepts_{s}" not in data]
+            raise ValueError(f"{where}: concepts_train is given but {lacking} are not")
+        tensors: dict[str, Tensor] = {}
+        width = None
+        for split in present:
+            x = check_feature_matrix(data[f"x_{split}"], f"{where}: x_{split}", width)
+            width = int(x.shape[1])
+            tensors[f"x_{split}"] = x
+            if f"concepts_{split}" in data:
+                tensors[f"concepts_{split}"] = _concept_matrix(data[f"concepts_{split}"], f"{where}: concepts_{split}")
+            check_same_rows(where, **{f"x_{split}": x, f"y_{split}": _rows(data[f"y_{split}"])},
+                            **({f"concepts_{split}": tensors[f"concepts_{split}"]} if f"concepts_{split}" in tensors else {}))
         self.task = task
         if task == "classification":
-            ys = [tensors[f"y_{s}"] for s in SPLITS if f"y_{s}" in tensors]
-            if num_classes is None:
-                num_classes = int(max(int(y.max()) for y in ys)) + 1
-            self.num_classes = num_classes
+            raw = {s: as_label_list(data[f"y_{s}"], f"{where}: y_{s}") for s in present}
+            order = [(s, i) for s in present for i in range(len(raw[s]))]
+            codes, names, self.num_classes = encode_class_labels(
+                [v for s in present for v in raw[s]], where, class_names=class_names, num_classes=num_classes,
+                position=lambda k: f"y_{order[k][0]} row {order[k][1]}", column="label",
+            )
+            self.class_names = names if names is not None else class_names
+            start = 0
+            for s in present:
+                tensors[f"y_{s}"] = torch.as_tensor(codes[start : start + len(raw[s])])
+                start += len(raw[s])
         else:
+            if num_classes is not None:
+                raise ValueError(f"{where}: num_classes={num_classes} was given but task is regression")
             self.num_classes = None
-        self.class_names = class_names
-        if "val" not in {k.split("_", 1)[1] for k in tensors if k.startswith("x_")}:
+            self.class_names = class_names
+            for s in present:
+                tensors[f"y_{s}"] = regression_targets(data[f"y_{s}"], f"{where}: y_{s}")
+        _warn_shared_rows(tensors, present, where)
+        if "val" not in present:
             g = torch.Generator().manual_seed(seed)
             n = len(tensors["x_train"])
+            if n < 2:
+                raise ValueError(f"{where}: x_train has {n} row; holding out a validation split needs at least 2")
             perm = torch.randperm(n, generator=g)
-            n_val = max(1, int(round(val_fraction * n)))
+            n_val = min(n - 1, max(1, int(round(val_fraction * n))))
             for prefix in ("x", "y", "concepts"):
                 if f"{prefix}_train" in tensors:
                     full = tensors[f"{prefix}_train"]
@@ -304,10 +349,7 @@ class ArrayDataModule(FeatureDataModule):
             for prefix in ("x", "y", "concepts"):
                 if f"{prefix}_val" in tensors:
                     tensors[f"{prefix}_test"] = tensors[f"{prefix}_val"]
-        x_train = tensors["x_train"]
-        if x_train.dim() != 2:
-            raise ValueError(f"x_train must be (n, features), got shape {tuple(x_train.shape)}")
-        self.feature_dim = int(x_train.shape[1])
+        self.feature_dim = int(tensors["x_train"].shape[1])
         c_train = tensors.get("concepts_train")
         if c_train is not None:
             from bottlenecks.layers.base import check_concept_names
@@ -315,22 +357,14 @@ class ArrayDataModule(FeatureDataModule):
             self.concept_names = check_concept_names(concept_names, int(c_train.shape[1]))
         else:
             if concept_names:
-                raise ValueError("concept_names were given but the arrays have no concepts_train")
+                raise ValueError(f"{where}: concept_names were given but the arrays have no concepts_train")
             self.concept_names = None
         for split in SPLITS:
-            x = tensors[f"x_{split}"].float()
-            if x.dim() != 2 or x.shape[1] != self.feature_dim:
-                raise ValueError(
-                    f"x_{split} has shape {tuple(x.shape)} but x_train has {self.feature_dim} features"
-                )
             y = tensors[f"y_{split}"]
-            y = y.long() if task == "classification" else y.float()
-            check_labels(y, self.num_classes, f"y_{split}")
             c = tensors.get(f"concepts_{split}")
             if c is not None:
-                c = c.float()
-                check_concepts(c, self.concept_names, f"concepts_{split}")
-            self._splits[split] = FeatureBatches(x, y, c)
+                check_concepts(c, self.concept_names, f"{where}: concepts_{split}")
+            self._splits[split] = FeatureBatches(tensors[f"x_{split}"], y, c)
 
     @classmethod
     def from_arrays(
@@ -351,6 +385,42 @@ class ArrayDataModule(FeatureDataModule):
 
     def setup(self, stage: str | None = None) -> None:  # everything is in memory already
         return None
+
+
+def _rows(a: Any) -> Any:
+    return a if hasattr(a, "__len__") else np.asarray(a)
+
+
+def _concept_matrix(arr: Any, name: str) -> Tensor:
+    """Concept values ``(rows, num_concepts)`` float32; NaN (unlabelled) allowed, inf and strings not."""
+    a = arr.detach().cpu().numpy() if isinstance(arr, Tensor) else np.asarray(arr)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} holds {a.dtype} values but concepts must be numbers (NaN = unlabelled)")
+    if a.ndim != 2:
+        raise ValueError(f"{name} has shape {a.shape} but concepts must be (rows, num_concepts)")
+    t = torch.as_tensor(np.ascontiguousarray(a)).float()
+    bad = torch.isinf(t)
+    if bad.any():
+        r, c = (int(v) for v in torch.nonzero(bad)[0])
+        raise ValueError(f"{name} row {r}, column {c} is inf; concepts must lie in [0, 1] (NaN = unlabelled)")
+    return t
+
+
+def _warn_shared_rows(tensors: dict[str, Tensor], splits: list[str], where: str) -> None:
+    """Identical feature rows: different labels in one split, or rows shared across splits."""
+    keys, labels, owners, rows = [], [], [], []
+    for s in splits:
+        x, y = tensors[f"x_{s}"], tensors[f"y_{s}"]
+        if len(x) > 200_000:  # hashing every row of a huge array is not worth the time
+            return
+        xb = x.contiguous().numpy()
+        keys.extend(xb[i].tobytes() for i in range(len(xb)))
+        labels.extend(y.tolist())
+        owners.extend([s] * len(x))
+        rows.extend(range(len(x)))
+    # identical features with different labels may be label noise: warned, not refused
+    check_row_identity(keys, labels, owners, where, describe=lambda i: f"x_{owners[i]} row {rows[i]}",
+                       what="feature row", conflict="warn", show_key=False)
 
 
 def _load_arrays(path: str) -> dict[str, Any]:

@@ -26,7 +26,6 @@ train and test agree.
 
 from __future__ import annotations
 
-import csv as csv_module
 import math
 import os
 from pathlib import Path
@@ -37,6 +36,13 @@ import torch
 from torch import Tensor
 
 from bottlenecks.data.base import ConceptDataset, check_concepts, check_labels, stable_hash
+from bottlenecks.data.validation import (
+    closest,
+    check_row_identity,
+    encode_class_labels,
+    read_csv_table,
+    require_column,
+)
 
 def _size_hw(image_size: int | tuple[int, int] | None, where: str) -> tuple[int, int] | None:
     if image_size is None:
@@ -98,7 +104,7 @@ class ConceptImageFolder(ConceptDataset):
 
         {"x": (3, H, W) float32 in [0, 1],
          "y": int64 class index,
-         "concepts": (n_concepts,) float32 in {0, 1, NaN},   # when there are concept columns
+         "concepts": (num_concepts,) float32 in {0, 1, NaN},   # when there are concept columns
          "index": int}
 
     Args:
@@ -156,49 +162,48 @@ class ConceptImageFolder(ConceptDataset):
             "class_names": class_names,
         }
 
-        with open(self.csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv_module.reader(fh)
-            try:
-                header = [h.strip() for h in next(reader)]
-            except StopIteration:
-                raise ValueError(f"{name}: {self.csv_path} is empty (expected a header row)") from None
-            rows = [r for r in reader if any(cell.strip() for cell in r)]
         where = f"{name}({self.csv_path})"
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        if dupes:
-            raise ValueError(f"{where}: duplicate column names {dupes} in the header")
+        header, rows, row_lines = read_csv_table(self.csv_path, where)
+        if not rows:
+            raise ValueError(f"{where}: the CSV has a header but no rows")
         col = {h: i for i, h in enumerate(header)}
-        for role, column in (("image_column", image_column), ("label_column", label_column)):
-            if column not in col:
-                raise ValueError(f"{where}: {role} {column!r} is not a column; the header has {header}")
-        if split is not None and split_column not in col:
-            raise ValueError(
-                f"{where}: split={split!r} was requested but split_column {split_column!r} is not a "
-                f"column; the header has {header}"
-            )
+        require_column(header, image_column, "image_column", where)
+        require_column(header, label_column, "label_column", where)
+        if split is not None:
+            require_column(header, split_column, f"split={split!r} was requested but split_column", where)
         reserved = {image_column, label_column, split_column}
         if concept_columns is None:
             concept_columns = [h for h in header if h not in reserved]
         else:
             unknown = [c for c in concept_columns if c not in col]
             if unknown:
-                raise ValueError(f"{where}: unknown concept columns {unknown}; the header has {header}")
+                hint = closest(unknown[0], header)
+                raise ValueError(f"{where}: unknown concept columns {unknown}{hint}; the header has {header}")
             clash = [c for c in concept_columns if c in (image_column, label_column)]
             if clash:
                 raise ValueError(f"{where}: concept_columns {clash} are also the image or label column")
-        for line, row in enumerate(rows, start=2):
-            if len(row) != len(header):
-                raise ValueError(
-                    f"{where}: line {line} has {len(row)} cells but the header has {len(header)} columns"
-                )
 
         # Class indices come from every row, whatever the split.
-        raw_labels = [row[col[label_column]].strip() for row in rows]
-        for line, value in enumerate(raw_labels, start=2):
+        raw_labels = [row[col[label_column]] for row in rows]
+        for line, value in zip(row_lines, raw_labels):
             if value == "":
                 raise ValueError(f"{where}: line {line} has an empty {label_column!r} cell")
-        labels_all, self.class_names = self._parse_labels(raw_labels, class_names, where, label_column)
-        self.num_classes = len(self.class_names)
+        labels_all, names, self.num_classes = encode_class_labels(
+            raw_labels, where, class_names=class_names, position=lambda i: f"line {row_lines[i]}",
+            column=label_column,
+        )
+        self.class_names = names if names is not None else [str(k) for k in range(self.num_classes)]
+        labels_all = labels_all.tolist()
+        # The same image listed twice: conflicting labels or concepts are an error, copies and
+        # train/test leakage a warning.
+        check_row_identity(
+            [row[col[image_column]] for row in rows],
+            [(row[col[label_column]], *(row[col[c]] for c in concept_columns)) for row in rows],
+            [row[col[split_column]] for row in rows] if split_column in col else None,
+            where,
+            describe=lambda i: f"line {row_lines[i]}",
+            what="image",
+        )
 
         if split is not None:
             splits_present = sorted({row[col[split_column]].strip() for row in rows})
@@ -211,7 +216,7 @@ class ConceptImageFolder(ConceptDataset):
             keep = list(range(len(rows)))
         if not keep:
             raise ValueError(f"{where}: the CSV has a header but no rows")
-        self.lines = [i + 2 for i in keep]  # CSV line of each item (header is line 1)
+        self.lines = [row_lines[i] for i in keep]  # CSV line of each item (header is line 1)
 
         self.concept_names = list(concept_columns) if concept_columns else None
         concepts = np.full((len(keep), len(concept_columns)), np.nan, np.float32)
@@ -226,7 +231,7 @@ class ConceptImageFolder(ConceptDataset):
                     value = math.nan
                 if value not in (0.0, 1.0):
                     raise ValueError(
-                        f"{where}: line {i + 2}, concept column {column!r} holds {cell!r}; "
+                        f"{where}: line {row_lines[i]}, concept column {column!r} holds {cell!r}; "
                         f"expected 0, 1 or an empty cell"
                     )
                 concepts[r, c] = value
@@ -238,10 +243,10 @@ class ConceptImageFolder(ConceptDataset):
         for i in keep:
             rel = rows[i][col[image_column]].strip()
             if rel == "":
-                raise ValueError(f"{where}: line {i + 2} has an empty {image_column!r} cell")
+                raise ValueError(f"{where}: line {row_lines[i]} has an empty {image_column!r} cell")
             path = Path(rel) if Path(rel).is_absolute() else self.root / rel
             if not path.is_file():
-                missing.append(f"{rel} (line {i + 2})")
+                missing.append(f"{rel} (line {row_lines[i]})")
             self.image_paths.append(path)
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -253,43 +258,6 @@ class ConceptImageFolder(ConceptDataset):
         if self._concepts is not None:
             check_concepts(self._concepts, self.concept_names, where)
         self._signature = file_signature([self.csv_path, *self.image_paths])
-
-    @staticmethod
-    def _parse_labels(
-        raw: list[str], class_names: list[str] | None, where: str, column: str
-    ) -> tuple[list[int], list[str]]:
-        def as_int(v: str) -> int | None:
-            try:
-                return int(v)
-            except ValueError:
-                return None
-
-        ints = [as_int(v) for v in raw]
-        if raw and all(v is not None for v in ints):
-            if class_names is not None:
-                n = len(class_names)
-                for line, v in enumerate(ints, start=2):
-                    if not 0 <= v < n:  # type: ignore[operator]
-                        raise ValueError(
-                            f"{where}: line {line}, label {v} is out of range for the "
-                            f"{n} class_names (expected 0..{n - 1})"
-                        )
-                return ints, list(class_names)  # type: ignore[return-value]
-            for line, v in enumerate(ints, start=2):
-                if v < 0:  # type: ignore[operator]
-                    raise ValueError(f"{where}: line {line}, label {v} is negative (expected a class index >= 0)")
-            n = max(ints) + 1 if ints else 0  # type: ignore[type-var]
-            return ints, [str(k) for k in range(n)]  # type: ignore[return-value]
-        names = list(class_names) if class_names is not None else sorted(set(raw))
-        lookup = {c: k for k, c in enumerate(names)}
-        out = []
-        for line, v in enumerate(raw, start=2):
-            if v not in lookup:
-                raise ValueError(
-                    f"{where}: line {line}, {column} {v!r} is not one of the class_names {names}"
-                )
-            out.append(lookup[v])
-        return out, names
 
     # ------------------------------------------------------------ protocol
     def __len__(self) -> int:
@@ -312,7 +280,7 @@ class ConceptImageFolder(ConceptDataset):
         return self._y.clone()
 
     def concept_table(self) -> Tensor | None:
-        """Concepts ``(n, n_concepts)`` float32 with NaN for empty cells, or None without concept columns."""
+        """Concepts ``(n, num_concepts)`` float32 with NaN for empty cells, or None without concept columns."""
         return None if self._concepts is None else self._concepts.clone()
 
     def fingerprint(self) -> str:

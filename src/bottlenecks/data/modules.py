@@ -141,16 +141,40 @@ class ImageFolderDataModule(BottleneckDataModule):
         return ConceptSubset(train, keep if split == "train" else held, tag=f"{split}-{tag}")
 
     def _has_val_rows(self) -> bool:
-        import csv as csv_module
+        """Whether the CSV marks rows ``val`` (read with the same normalisation as the dataset).
+
+        Rows whose split is none of train/val/test are never used: they are warned about.
+        """
+        import warnings
         from pathlib import Path
 
-        path = Path(self.folder_args["root"]) / self.folder_args["csv"]  # type: ignore[operator]
-        if not path.exists():
+        from bottlenecks.data.validation import SPLITS, DataWarning, read_csv_table
+
+        if hasattr(self, "_val_rows"):
+            return self._val_rows
+        csv = Path(self.folder_args["csv"])  # type: ignore[arg-type]
+        path = csv if csv.is_absolute() else Path(self.folder_args["root"]) / csv  # type: ignore[operator]
+        if not path.is_file():
             raise FileNotFoundError(f"ImageFolderDataModule: no CSV at {path}")
-        with path.open(newline="") as f:
-            rows = csv_module.DictReader(f)
-            col = self.folder_args["split_column"]
-            return any((row.get(col) or "").strip() == "val" for row in rows)
+        where = f"ImageFolderDataModule({path})"
+        header, rows, lines = read_csv_table(path, where)
+        col = self.folder_args["split_column"]
+        if col not in header:
+            from bottlenecks.data.validation import require_column
+
+            require_column(header, col, "split_column", where)  # type: ignore[arg-type]
+        j = header.index(col)  # type: ignore[arg-type]
+        other = [(line, row[j]) for line, row in zip(lines, rows) if row[j] not in SPLITS]
+        if other:
+            values = sorted({v for _, v in other})
+            warnings.warn(
+                f"{where}: {len(other)} rows have a {col} that is none of {list(SPLITS)} "
+                f"(values {values[:5]}, first on line {other[0][0]}); they are not used",
+                DataWarning,
+                stacklevel=2,
+            )
+        self._val_rows = any(row[j] == "val" for row in rows)
+        return self._val_rows
 
 
 class CUBDataModule(BottleneckDataModule):

@@ -484,10 +484,9 @@ def render_grid(
     Returns:
         The path of the PNG.
     """
-    import matplotlib
+    from bottlenecks.analysis.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # Agg, unless pyplot is already set up (a notebook's inline backend)
 
     if dataset.kind != "image":
         raise ValueError(f"render_grid needs an image dataset, got kind={dataset.kind!r}")

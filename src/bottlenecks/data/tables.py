@@ -117,6 +117,7 @@ class DigitsDataset(_TableDataset):
     """
 
     task = "classification"
+    image_shape = (8, 8)
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The frozen-encoder contract: a pretrained model that never trains, with its preprocessing.
 
 A :class:`FrozenEncoder` maps a batch of images ``(batch, 3, H, W)`` (float in
-``[0, 1]``, as the datasets produce them) to features ``(batch, out_dim)``
+``[0, 1]``, as the datasets produce them) to features ``(batch, feature_dim)``
 float32. It owns the preprocessing (:attr:`FrozenEncoder.transform`: resize to the
 encoder's resolution, normalise with the model's mean/std) and says, through
 :meth:`FrozenEncoder.cache_identity`, everything that determines its output, so
@@ -258,9 +258,9 @@ class FrozenEncoder(nn.Module):
     one from :func:`bottlenecks.encoders.build_encoder`.
 
     Args:
-        model: the network; ``model(transform(images))`` must return ``(batch, out_dim)``.
+        model: the network; ``model(transform(images))`` must return ``(batch, feature_dim)``.
         name: registry name (``"lite0"``, ``"timm:resnet18"``...), used in progress bars.
-        out_dim: width of the features.
+        feature_dim: width of the features.
         transform: callable ``(batch, 3, H, W)`` in ``[0, 1]`` → model input; it must
             have a ``describe()`` method returning a string that identifies it.
         architecture: what was built (e.g. ``"timm/tf_efficientnet_lite0, num_classes=0"``).
@@ -275,7 +275,7 @@ class FrozenEncoder(nn.Module):
             ``None`` runs every batch whole.
 
     Attributes:
-        name, out_dim, transform, architecture, weights_id, num_threads, channels_last,
+        name, feature_dim, transform, architecture, weights_id, num_threads, channels_last,
         cpu_chunk_pixels.
     """
 
@@ -284,7 +284,7 @@ class FrozenEncoder(nn.Module):
         model: nn.Module,
         *,
         name: str,
-        out_dim: int,
+        feature_dim: int,
         transform: Callable[[Tensor], Tensor],
         architecture: str,
         weights: str,
@@ -294,13 +294,13 @@ class FrozenEncoder(nn.Module):
         cpu_chunk_pixels: int | None = 16 * 224 * 224,
     ) -> None:
         super().__init__()
-        if int(out_dim) < 1:
-            raise ValueError(f"{name}: out_dim must be positive, got {out_dim}")
+        if int(feature_dim) < 1:
+            raise ValueError(f"{name}: feature_dim must be positive, got {feature_dim}")
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"{name}: num_threads must be a positive integer or None, got {num_threads}")
         self.model = model
         self.name = name
-        self.out_dim = int(out_dim)
+        self.feature_dim = int(feature_dim)
         self.transform = transform
         self.architecture = architecture
         self.weights_id = weights
@@ -314,6 +314,11 @@ class FrozenEncoder(nn.Module):
         self.eval()
 
     # ----------------------------------------------------------------- frozen
+    @property
+    def out_dim(self) -> int:
+        """Deprecated alias of :attr:`feature_dim`."""
+        return self.feature_dim
+
     def train(self, mode: bool = True) -> FrozenEncoder:
         """Always stays in eval mode: ``train(True)`` is ignored (no BatchNorm drift, no dropout)."""
         return super().train(False)
@@ -329,7 +334,7 @@ class FrozenEncoder(nn.Module):
 
     # ---------------------------------------------------------------- compute
     def forward(self, x: Tensor) -> Tensor:
-        """Model input ``(batch, 3, S, S)`` (already transformed) → features ``(batch, out_dim)``.
+        """Model input ``(batch, 3, S, S)`` (already transformed) → features ``(batch, feature_dim)``.
 
         Autograd stays on (gradients can reach the input for attribution); the
         parameters never require gradients.
@@ -337,7 +342,7 @@ class FrozenEncoder(nn.Module):
         return self.model(x)
 
     def encode(self, images: Tensor) -> Tensor:
-        """Images ``(batch, 3, H, W)`` float in ``[0, 1]`` → features ``(batch, out_dim)`` float32.
+        """Images ``(batch, 3, H, W)`` float in ``[0, 1]`` → features ``(batch, feature_dim)`` float32.
 
         Moves the images to the encoder's device, applies :attr:`transform` and the
         model under ``torch.inference_mode``. The result is an ordinary tensor (usable
@@ -356,10 +361,10 @@ class FrozenEncoder(nn.Module):
                 if x.device.type == "cpu" and self.cpu_chunk_pixels and x.dim() == 4:
                     per = max(1, self.cpu_chunk_pixels // (x.shape[-2] * x.shape[-1]))
                 h = self(x) if per >= len(x) else torch.cat([self(c) for c in x.split(per)])
-        if h.dim() != 2 or h.shape[1] != self.out_dim or h.shape[0] != x.shape[0]:
+        if h.dim() != 2 or h.shape[1] != self.feature_dim or h.shape[0] != x.shape[0]:
             raise RuntimeError(
-                f"{self.name}: the model returned shape {tuple(h.shape)} but ({x.shape[0]}, {self.out_dim}) "
-                "was expected; the architecture's feature width differs from out_dim"
+                f"{self.name}: the model returned shape {tuple(h.shape)} but ({x.shape[0]}, {self.feature_dim}) "
+                "was expected; the architecture's feature width differs from feature_dim"
             )
         # Outside inference mode, clone() turns the inference tensor into a normal one.
         return h.float().clone() if torch.is_inference(h) and not torch.is_inference_mode_enabled() else h.float()
@@ -385,7 +390,7 @@ class FrozenEncoder(nn.Module):
                 ``" with <encoder name>"``.
 
         Returns:
-            ``(len(dataset), out_dim)`` float32 CPU tensor; row ``i`` is item ``i``.
+            ``(len(dataset), feature_dim)`` float32 CPU tensor; row ``i`` is item ``i``.
         """
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
@@ -399,7 +404,7 @@ class FrozenEncoder(nn.Module):
                 f"encode it with the 'identity' encoder, not {self.name!r}"
             )
         n = len(dataset)
-        out = torch.empty(n, self.out_dim, dtype=torch.float32)
+        out = torch.empty(n, self.feature_dim, dtype=torch.float32)
         loader = DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_stack_x
         )
@@ -421,7 +426,7 @@ class FrozenEncoder(nn.Module):
     def cache_identity(self) -> dict[str, str]:
         """Strings that together determine the encoder's output (feature-cache key material).
 
-        Keys: ``encoder``, ``architecture``, ``weights``, ``transform``, ``out_dim``,
+        Keys: ``encoder``, ``architecture``, ``weights``, ``transform``, ``feature_dim``,
         ``format``, plus encoder-specific entries.
         """
         ident = {
@@ -429,24 +434,29 @@ class FrozenEncoder(nn.Module):
             "architecture": self.architecture,
             "weights": self.weights_id,
             "transform": self.transform.describe() if hasattr(self.transform, "describe") else repr(self.transform),
-            "out_dim": str(self.out_dim),
+            "out_dim": str(self.feature_dim),  # key name kept: existing caches stay valid
             "format": ENCODER_FORMAT,
         }
         ident.update(self._extra_identity)
         return ident
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, out_dim={self.out_dim}, weights={self.weights_id[:24]!r}"
+        return f"name={self.name!r}, feature_dim={self.feature_dim}, weights={self.weights_id[:24]!r}"
 
 
 class FrozenTextEncoder(nn.Module):
-    """Base of text encoders: ``encode_text(list of n strings)`` → ``(n, out_dim)`` unit-norm float32.
+    """Base of text encoders: ``encode_text(list of n strings)`` → ``(n, feature_dim)`` unit-norm float32.
 
     Frozen the same way as :class:`FrozenEncoder` (eval forever, no gradients).
     """
 
     name: str
-    out_dim: int
+    feature_dim: int
+
+    @property
+    def out_dim(self) -> int:
+        """Deprecated alias of :attr:`feature_dim`."""
+        return self.feature_dim
 
     def train(self, mode: bool = True) -> FrozenTextEncoder:
         """Always stays in eval mode."""

@@ -17,6 +17,9 @@ Guarantees:
   the requested one, array header matching meta's shape/dtype, file size equal to
   header + data, optional row count, and the sha256 of the array bytes (about 25 ms
   for 10k x 1280 float32 on one core; see ``benchmarks/feature_cache.py``).
+* **No leftovers.** A writer killed mid-write leaves ``.features.npy.tmp-*`` behind; the next
+  access to the entry removes such files once it holds the entry's lock (no live writer
+  can own them then).
 * **Never trusted, never silently deleted.** A corrupt, truncated or stale entry
   raises a :class:`FeatureCacheWarning` naming the reason; its files are renamed
   ``*.corrupt-<timestamp>`` and the features are computed again.
@@ -131,6 +134,36 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _remove_stale_temporaries(d: Path, blocking: bool) -> int:
+    """Delete the temporary files of writers that died mid-write (``.features.npy.tmp-*``).
+
+    Temporaries exist only while a writer holds the entry's lock, so with the lock held every
+    one left is stale. ``blocking=False``: skip when another process holds the lock now.
+    Returns the number of files removed.
+    """
+    stale = list(d.glob(f".{FEATURES}.tmp-*")) + list(d.glob(f".{META}.tmp-*"))
+    if not stale:
+        return 0
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock to prove the writer is gone
+        return 0
+    removed = 0
+    with open(d / LOCK, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return 0
+        try:
+            for p in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed += 1
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return removed
+
+
 def _to_numpy(features: Any) -> np.ndarray:
     if isinstance(features, Tensor):
         return features.detach().cpu().contiguous().numpy()
@@ -184,7 +217,7 @@ class FeatureCache:
             identity: JSON-serialisable dict of everything that determines the array
                 (encoder identity, dataset fingerprint, split).
             compute: called without arguments when the entry is missing or broken;
-                returns the array, e.g. ``(n, out_dim)`` float32.
+                returns the array, e.g. ``(n, feature_dim)`` float32.
             expected_rows: if given, an entry (stored or freshly computed) must have
                 this many rows; a stored entry with another count is stale and rebuilt.
 
@@ -198,10 +231,13 @@ class FeatureCache:
         ident = canonical_identity(identity)
         d = self.root / identity_key(ident)
         try:  # fast path, no lock: a complete entry is never modified in place
-            return self._read(d, ident, expected_rows)
+            out = self._read(d, ident, expected_rows)
+            _remove_stale_temporaries(d, blocking=False)
+            return out
         except (_Broken, FileNotFoundError):
             pass
         d.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(d, blocking=False)
         with _exclusive_lock(d / LOCK):
             try:  # another process may have written it while we waited
                 return self._read(d, ident, expected_rows)
@@ -278,7 +314,7 @@ class FeatureCache:
         The key is ``{**encoder.cache_identity(), "dataset": dataset.fingerprint(), "split": split}``.
 
         Returns:
-            ``(len(dataset), encoder.out_dim)`` float32, memory-mapped.
+            ``(len(dataset), encoder.feature_dim)`` float32, memory-mapped.
         """
         identity = {**encoder.cache_identity(), "dataset": str(dataset.fingerprint()), "split": split}
         return self.get_or_compute(

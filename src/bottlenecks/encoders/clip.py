@@ -156,11 +156,11 @@ class OpenCLIPEncoder(FrozenEncoder):
         interpolation = pre.get("interpolation", "bicubic")
         if interpolation not in ("bilinear", "bicubic", "nearest"):
             interpolation = "bicubic"
-        out_dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1])
+        feature_dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1])
         super().__init__(
             model,
             name=f"open_clip:{model_name}",
-            out_dim=out_dim,
+            feature_dim=feature_dim,
             transform=ImageTransform(size, pre.get("mean"), pre.get("std"), interpolation),
             architecture=_architecture(model_name),
             weights=weights,
@@ -235,7 +235,7 @@ class OpenCLIPTextEncoder(FrozenTextEncoder):
         self.model = image.model
         self._tokenizer = image._tokenizer
         self.name = image.name
-        self.out_dim = int(self.model.text_projection.shape[-1])
+        self.feature_dim = int(self.model.text_projection.shape[-1])
         self.batch_size = batch_size
         self.num_threads = image.num_threads
         self._identity = {
@@ -249,7 +249,7 @@ class OpenCLIPTextEncoder(FrozenTextEncoder):
         self.eval()
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """``n`` strings → unit-norm text embeddings ``(n, out_dim)`` float32 (CPU)."""
+        """``n`` strings → unit-norm text embeddings ``(n, feature_dim)`` float32 (CPU)."""
         return _encode_text(
             self.model, self._tokenizer, check_texts(texts, type(self).__name__), self.batch_size, self.num_threads
         )

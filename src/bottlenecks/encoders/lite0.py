@@ -108,7 +108,7 @@ class Lite0Encoder(FrozenEncoder):
         super().__init__(
             model,
             name="lite0",
-            out_dim=LITE0_FEATURES,
+            feature_dim=LITE0_FEATURES,
             transform=ImageTransform(image_size, LITE0_MEAN, LITE0_STD, interpolation),
             architecture=f"timm/{LITE0_ARCH} num_classes=0 (global average pool)",
             weights=f"sha256:{file_sha256(path)}",

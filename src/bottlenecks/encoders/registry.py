@@ -144,10 +144,13 @@ def build_text_encoder(spec: str | Mapping[str, Any] | FrozenTextEncoder = "mini
 _SHARED: dict[tuple[str, str], Any] = {}
 
 
-def _spec_key(spec: Any) -> str:
+def _shared(kind: str, spec: Any, build: Callable[[Any], Any]) -> Any:
     import json
 
-    return json.dumps(spec, sort_keys=True, default=str)
+    key = (kind, json.dumps(spec, sort_keys=True, default=str))
+    if key not in _SHARED:
+        _SHARED[key] = build(spec)
+    return _SHARED[key]
 
 
 def shared_encoder(spec: str | Mapping[str, Any] | FrozenEncoder) -> FrozenEncoder:
@@ -157,19 +160,9 @@ def shared_encoder(spec: str | Mapping[str, Any] | FrozenEncoder) -> FrozenEncod
     the model (which encodes raw images at inference) both ask for it here, so a spec is
     built once and both use the same instance.
     """
-    if isinstance(spec, FrozenEncoder):
-        return spec
-    key = ("image", _spec_key(spec))
-    if key not in _SHARED:
-        _SHARED[key] = build_encoder(spec)
-    return _SHARED[key]
+    return spec if isinstance(spec, FrozenEncoder) else _shared("image", spec, build_encoder)
 
 
 def shared_text_encoder(spec: str | Mapping[str, Any] | FrozenTextEncoder) -> FrozenTextEncoder:
     """The one frozen text encoder of a spec in this process (see :func:`shared_encoder`)."""
-    if isinstance(spec, FrozenTextEncoder):
-        return spec
-    key = ("text", _spec_key(spec))
-    if key not in _SHARED:
-        _SHARED[key] = build_text_encoder(spec)
-    return _SHARED[key]
+    return spec if isinstance(spec, FrozenTextEncoder) else _shared("text", spec, build_text_encoder)

@@ -32,7 +32,7 @@ def minilm_path() -> str:
 
 @register_text_encoder("sentence", suffix="model_path")
 class SentenceEncoder(FrozenTextEncoder):
-    """A sentence-transformers model: ``n`` strings → unit-norm ``(n, out_dim)`` float32.
+    """A sentence-transformers model: ``n`` strings → unit-norm ``(n, feature_dim)`` float32.
 
     Args:
         model_path: a local sentence-transformers folder (default: all-MiniLM-L6-v2 from
@@ -60,7 +60,7 @@ class SentenceEncoder(FrozenTextEncoder):
         self.model.requires_grad_(False)
         self.name = "minilm" if model_path is None else f"sentence:{Path(path).name if local else path}"
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.out_dim = int(dim_fn())
+        self.feature_dim = int(dim_fn())
         self.batch_size = batch_size
         self.num_threads = num_threads
         weights = path
@@ -72,10 +72,10 @@ class SentenceEncoder(FrozenTextEncoder):
         self.eval()
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """``n`` strings → unit-norm embeddings ``(n, out_dim)`` float32 (CPU)."""
+        """``n`` strings → unit-norm embeddings ``(n, feature_dim)`` float32 (CPU)."""
         texts = check_texts(texts, type(self).__name__)
         if not texts:
-            return torch.empty(0, self.out_dim)
+            return torch.empty(0, self.feature_dim)
         with torch_threads(self.num_threads), torch.inference_mode():
             emb = self.model.encode(
                 texts,

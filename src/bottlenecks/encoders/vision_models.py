@@ -110,11 +110,11 @@ class TimmEncoder(FrozenEncoder):
         interpolation = data_cfg.get("interpolation", "bilinear")
         if interpolation not in ("bilinear", "bicubic", "nearest"):
             interpolation = "bilinear"
-        out_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
         super().__init__(
             model,
             name=f"timm:{arch}",
-            out_dim=out_dim,
+            feature_dim=feature_dim,
             transform=ImageTransform(size, data_cfg["mean"], data_cfg["std"], interpolation),
             architecture=f"timm/{arch} num_classes=0 (pooled features)",
             weights=weights,
@@ -215,7 +215,7 @@ class TorchvisionEncoder(FrozenEncoder):
         super().__init__(
             model,
             name=f"torchvision:{arch}",
-            out_dim=int(linear.in_features),
+            feature_dim=int(linear.in_features),
             transform=ImageTransform(size if image_size is None else image_size, mean, std, interpolation),
             architecture=f"torchvision/{arch} with {classifier} removed",
             weights=weights_id,

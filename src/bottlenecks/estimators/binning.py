@@ -179,6 +179,18 @@ class BinningMI(MIEstimator):
             t2 = t2.unsqueeze(1) if t2.dim() == 1 else t2
             if t2.dim() != 2:
                 raise ValueError(f"{name} must be (n,) or (n, d), got shape {tuple(t.shape)}")
+            if t2.is_floating_point():
+                bad = ~torch.isfinite(t2)
+                if bad.any():
+                    raise ValueError(
+                        f"{name} contains {int(bad.sum())} NaN/inf value(s) (first at row "
+                        f"{int(bad.any(1).nonzero()[0])}) but is read as discrete symbols"
+                    )
+                if not torch.equal(t2, t2.round()):
+                    raise ValueError(
+                        f"{name} is read as discrete symbols but holds values that are not whole "
+                        "numbers; pass it as continuous (discrete=False) or as integer labels"
+                    )
             codes = t2.long()
         else:
             t2 = as_2d(t, name).cpu()
@@ -203,6 +215,8 @@ class BinningMI(MIEstimator):
         sy = self.symbols(y, "y", self.discrete_y, bins)
         sz = None if z is None else self.symbols(z, "z", "auto", bins)
         n = check_lengths(x=sx, y=sy, z=sz)
+        if n < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 samples, got {n}")
         H = lambda *s: entropy_of_symbols(torch.stack(s, 1), self.correction)  # noqa: E731
         if sz is None:
             hx, hy, hxy = H(sx), H(sy), H(sx, sy)

@@ -19,7 +19,15 @@ hook                           default / meaning
 ``side_channel()``             None: no columns of ``z`` lie outside the readable units
 ``side_channel_parameters()``  ``[]``: no parameters that train with the head
 ``concept_supervision()``      None: the layer does not count concept labels
+``unit_readout()``             the head reads unit ``i`` through column ``i`` of ``z`` when the
+                               units are ``z``'s dimensions; else None (:class:`UnitReadout`)
+``unit_gates()``               ``{}``: no switches that force or suppress units
+``set_unit_gates(gates)``      error: the layer has no gates
+``unit_table()``               None: no per-unit stored vector (code, key value) to overwrite
 =============================  ==============================================================
+
+The last four are what :mod:`bottlenecks.editing` edits through: head edits need a readout,
+code edits need gates, key–value edits need a unit table.
 
 Concept layers derive from :class:`ConceptLayer`, which fills in the concept side
 (units are the named concepts, read as probabilities after intervention; the concept
@@ -29,6 +37,7 @@ loss; label counting). A new method is one subclass plus one YAML file.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -37,11 +46,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottlenecks.naming import NamedConcepts
+
 #: The name under which concept layers return their concept loss; the model weights it
 #: with ``concept_loss_weight`` (the joint CBM's λ), every other term with ``loss_weights``.
 CONCEPT_LOSS = "concept_loss"
 
 UnitKind = Literal["concept", "code", "key", "latent", "sae"]
+
+#: the largest feature magnitude a bottleneck accepts: its square summed over thousands of
+#: dimensions and rows (distances, EMA sums, variances) still fits in float32 (max 3.4e38)
+MAX_FEATURE_MAGNITUDE = 1e16
 
 
 @dataclass
@@ -54,8 +69,8 @@ class BottleneckOutput:
         losses: named, *unweighted* auxiliary terms (scalars) that need no targets, e.g.
             ``"commitment"``, ``"kl"``. Terms that need the batch's targets come from
             :meth:`Bottleneck.loss_terms`; the model weights every term by name.
-        concepts: ``(batch, n_concepts)`` concept logits, for concept bottlenecks.
-        probs: ``(batch, n_concepts)`` concept probabilities *after* intervention.
+        concepts: ``(batch, num_concepts)`` concept logits, for concept bottlenecks.
+        probs: ``(batch, num_concepts)`` concept probabilities *after* intervention.
         codes: ``(batch, ...)`` integer code indices, for discrete bottlenecks.
         metrics: scalars to log (detached), e.g. ``"perplexity"``; the model logs each as
             ``{stage}/{name}``, averaged over the epoch.
@@ -120,6 +135,23 @@ class Units:
         return [self.index(u) for u in units]
 
 
+@dataclass(frozen=True)
+class UnitReadout:
+    """Which linear map reads the units, and through which of its input columns.
+
+    Attributes:
+        columns: for each unit (in :meth:`Bottleneck.units` order) the input columns of the
+            reading linear map that carry it (one column for a concept probability, a block
+            for a concept embedding).
+        linear: the reading ``nn.Linear`` when it lies inside the bottleneck (a decoder that
+            turns the units into the task output); None: the model's head reads ``z``, and
+            the columns are columns of ``z``.
+    """
+
+    columns: tuple[tuple[int, ...], ...]
+    linear: nn.Linear | None = None
+
+
 class TextEncoder(Protocol):
     """What :meth:`Bottleneck.init_from_data` may receive as ``text``: sentences → vectors."""
 
@@ -128,7 +160,7 @@ class TextEncoder(Protocol):
         ...
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(NamedConcepts, nn.Module):
     """Base class of every bottleneck: the contract, with a default for every hook.
 
     Subclasses set ``in_features`` and ``out_features`` and implement :meth:`forward`.
@@ -136,10 +168,10 @@ class Bottleneck(nn.Module):
     ``forward(h, concepts=None, intervention_mask=None)``:
 
     * ``h`` — ``(batch, in_features)`` encoder features.
-    * ``concepts`` — ``(batch, n_concepts)`` ground-truth concept values in ``[0, 1]``
+    * ``concepts`` — ``(batch, num_concepts)`` ground-truth concept values in ``[0, 1]``
       (NaN where unlabelled), given during training for methods that use them (CEM's
       random interventions, independent CBM) and at test time as intervention values.
-    * ``intervention_mask`` — ``(batch, n_concepts)`` bool; where True, the predicted
+    * ``intervention_mask`` — ``(batch, num_concepts)`` bool; where True, the predicted
       concept is replaced by the value in ``concepts``. Bottlenecks without concepts
       ignore both.
     """
@@ -159,10 +191,6 @@ class Bottleneck(nn.Module):
         intervention_mask: Tensor | None = None,
     ) -> BottleneckOutput:
         raise NotImplementedError
-
-    @property
-    def n_concepts(self) -> int:
-        return 0 if self.concept_names is None else len(self.concept_names)
 
     # ------------------------------------------------------------------ units
     def units(self) -> Units:
@@ -218,7 +246,7 @@ class Bottleneck(nn.Module):
 
         Args:
             h: ``(n, in_features)`` a sample of training features, as the layer sees them.
-            concepts: ``(n, n_concepts)`` their concept labels (NaN = unlabelled), when the
+            concepts: ``(n, num_concepts)`` their concept labels (NaN = unlabelled), when the
                 data has them.
             y: ``(n,)`` their task targets.
             text: the paired text encoder, when the data names one (concept naming, CAV
@@ -240,6 +268,50 @@ class Bottleneck(nn.Module):
         concept units carry names but no meaning. None: not counted (no concepts)."""
         return None
 
+    # ------------------------------------------------------------------ editing
+    def unit_readout(self) -> UnitReadout | None:
+        """How a linear map reads the units (head edits re-weight these columns), or None when
+        no linear map reads them unit by unit (codes, a task output computed inside).
+
+        Default: when the units are the default ones (``z``'s dimensions) and a head reads
+        ``z``, unit ``i`` is column ``i`` of ``z``; otherwise None.
+        """
+        if type(self).units is Bottleneck.units and not self.predicts_task:
+            return UnitReadout(tuple((i,) for i in range(self.out_features)))
+        return None
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """Switches that act on units at inference, by name (``"suppressed"``, ``"forced"``):
+        bool ``(n_units,)`` copies, True where the switch is on. Default: none."""
+        return {}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        """Set the switches of :meth:`unit_gates` (every name it returns, same shapes); raise a
+        clear error, changing nothing, when the combination is impossible."""
+        raise ValueError(
+            f"{type(self).__name__} has no switches to force or suppress its {self.units().kind}s "
+            "(unit_gates() is empty)"
+        )
+
+    def _check_gates(self, gates: dict[str, Tensor], names: tuple[str, ...]) -> dict[str, Tensor]:
+        """Validate gates for :meth:`set_unit_gates`: exactly ``names``, bool ``(n_units,)``."""
+        n = len(self.units())
+        if set(gates) != set(names):
+            raise ValueError(f"{type(self).__name__} has gates {list(names)}, got {sorted(gates)}")
+        out = {}
+        for k, g in gates.items():
+            g = torch.as_tensor(g)
+            if g.dtype != torch.bool or tuple(g.shape) != (n,):
+                raise ValueError(f"gate {k!r} must be a bool tensor of shape ({n},), got {g.dtype} {tuple(g.shape)}")
+            out[k] = g
+        return out
+
+    def unit_table(self) -> Tensor | None:
+        """The stored vector of every unit, ``(n_units, dim)``, as a view of the parameter or
+        buffer that holds it (a key's value, a code's vector): writing into it edits the
+        model. Default: None (the units store no vectors)."""
+        return None
+
     # ------------------------------------------------------------- validation
     def check_input(self, h: Tensor) -> None:
         """Raise a clear error when ``h`` is not ``(batch, in_features)`` or holds NaN/inf."""
@@ -254,9 +326,18 @@ class Bottleneck(nn.Module):
                 f"{h.shape[1]}; check that the encoder's output width matches the bottleneck's "
                 "in_features"
             )
-        # one reduction first: a non-finite sum is rare, the full check only runs then
-        if not torch.isfinite(h.sum()) and not torch.isfinite(h).all():
-            raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
+        # One reduction: the largest magnitude is NaN for NaN input, inf for inf input, and
+        # catches finite values so large (3e38) that sums and squared distances overflow.
+        if h.numel():
+            peak = float(h.detach().abs().max())
+            if not math.isfinite(peak):
+                raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
+            if peak > MAX_FEATURE_MAGNITUDE:
+                raise ValueError(
+                    f"{type(self).__name__} received features of magnitude {peak:.3g}, above the "
+                    f"{MAX_FEATURE_MAGNITUDE:.0e} that sums and squared distances survive in float32; "
+                    "rescale or standardise the features"
+                )
 
 
 # --------------------------------------------------------------------- concept layers
@@ -264,8 +345,8 @@ def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
     """Binary cross-entropy over labelled concept entries only (NaN = unlabelled).
 
     Args:
-        logits: ``(batch, n_concepts)``.
-        target: ``(batch, n_concepts)`` in ``[0, 1]`` or NaN.
+        logits: ``(batch, num_concepts)``.
+        target: ``(batch, num_concepts)`` in ``[0, 1]`` or NaN.
     """
     labelled = ~torch.isnan(target)
     if not labelled.any():
@@ -279,9 +360,9 @@ def check_intervention(
     """Validate an intervention and return ``(values, mask)`` ready to apply.
 
     Args:
-        shape: ``(batch, n_concepts)`` of the layer's concept predictions.
-        concepts: ``(batch, n_concepts)`` values in ``[0, 1]``; NaN entries are never used.
-        mask: ``(batch, n_concepts)`` bool, or None for no intervention.
+        shape: ``(batch, num_concepts)`` of the layer's concept predictions.
+        concepts: ``(batch, num_concepts)`` values in ``[0, 1]``; NaN entries are never used.
+        mask: ``(batch, num_concepts)`` bool, or None for no intervention.
 
     Returns:
         ``(values, mask)`` with NaN values zeroed and masked out, or ``(None, None)``.
@@ -292,14 +373,14 @@ def check_intervention(
         raise ValueError("an intervention_mask was given without concept values to intervene with")
     if tuple(mask.shape) != tuple(shape) or tuple(concepts.shape) != tuple(shape):
         raise ValueError(
-            f"intervention expects mask and values of shape {tuple(shape)} (batch, n_concepts), "
+            f"intervention expects mask and values of shape {tuple(shape)} (batch, num_concepts), "
             f"got mask {tuple(mask.shape)} and values {tuple(concepts.shape)}"
         )
     return torch.nan_to_num(concepts), mask.bool() & ~torch.isnan(concepts)
 
 
 def apply_intervention(probs: Tensor, concepts: Tensor | None, mask: Tensor | None) -> Tensor:
-    """Replace ``probs`` ``(batch, n_concepts)`` by ``concepts`` where ``mask`` is True."""
+    """Replace ``probs`` ``(batch, num_concepts)`` by ``concepts`` where ``mask`` is True."""
     values, mask = check_intervention(tuple(probs.shape), concepts, mask)
     if mask is None:
         return probs
@@ -319,8 +400,8 @@ class ConceptLayer(Bottleneck):
     ``forward``, and return ``concepts`` (logits) and ``probs`` in their output.
     """
 
-    def _init_concepts(self, concept_names: list[str] | None, n_concepts: int | None) -> list[str]:
-        self.concept_names = resolve_concept_names(concept_names, n_concepts, type(self).__name__)
+    def _init_concepts(self, concept_names: list[str] | None, num_concepts: int | None) -> list[str]:
+        self.concept_names = resolve_concept_names(concept_names, num_concepts, type(self).__name__)
         self.register_buffer("concept_labels_seen", torch.zeros((), dtype=torch.long))
         return self.concept_names
 
@@ -351,7 +432,7 @@ class ConceptLayer(Bottleneck):
             if tuple(target.shape) != tuple(out.concepts.shape):
                 raise ValueError(
                     f"the batch's concepts have shape {tuple(target.shape)} but {type(self).__name__} "
-                    f"predicts {tuple(out.concepts.shape)} (batch, n_concepts)"
+                    f"predicts {tuple(out.concepts.shape)} (batch, num_concepts)"
                 )
             terms[CONCEPT_LOSS] = masked_concept_bce(out.concepts, target)
         return terms
@@ -359,16 +440,22 @@ class ConceptLayer(Bottleneck):
     def concept_supervision(self) -> int | None:
         return int(self.concept_labels_seen)
 
+    def unit_readout(self) -> UnitReadout | None:
+        """Concept ``i`` is column ``i`` of ``z`` (``[concepts | residual]``) when a head reads it."""
+        if self.predicts_task:
+            return None
+        return UnitReadout(tuple((i,) for i in range(self.n_concepts)))
+
 
 def resolve_concept_names(
-    concept_names: list[str] | None, n_concepts: int | None, owner: str
+    concept_names: list[str] | None, num_concepts: int | None, owner: str
 ) -> list[str]:
     """The concept names of a concept layer given names, a count, or both (which must agree)."""
-    if concept_names is None and n_concepts is None:
-        raise ValueError(f"{owner} needs concept_names or n_concepts")
-    n = len(concept_names) if concept_names is not None else int(n_concepts)  # type: ignore[arg-type]
-    if n_concepts is not None and n != n_concepts:
-        raise ValueError(f"{owner}: n_concepts={n_concepts} but {n} concept_names were given")
+    if concept_names is None and num_concepts is None:
+        raise ValueError(f"{owner} needs concept_names or num_concepts")
+    n = len(concept_names) if concept_names is not None else int(num_concepts)  # type: ignore[arg-type]
+    if num_concepts is not None and n != num_concepts:
+        raise ValueError(f"{owner}: num_concepts={num_concepts} but {n} concept_names were given")
     return check_concept_names(concept_names, n)
 
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, apply_intervention
+from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, UnitReadout, apply_intervention
+from bottlenecks.naming import accepts_renamed
 from bottlenecks.layers.blocks import hidden_layers
 
 
@@ -33,7 +34,7 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
     Args:
         in_features: width of the encoder features.
         concept_names: names of the concepts (linked from the data by the CLI).
-        n_concepts: number of concepts when no names are given.
+        num_concepts: number of concepts when no names are given.
         embedding_dim: ``m``, the width of each concept's embeddings.
         hidden: hidden widths shared by the embedding generators before the per-concept
             output layer (empty = each generator is one linear layer + LeakyReLU).
@@ -42,10 +43,10 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
         shared_scorer: one scoring function for all concepts (as in the paper); False
             gives each concept its own.
 
-    Shapes: ``h (batch, in_features)`` → ``z (batch, n_concepts * embedding_dim)``;
-    ``concepts`` logits ``(batch, n_concepts)``; ``probs`` the probabilities
-    after intervention ``(batch, n_concepts)``; ``extras["embeddings"]`` the mixed
-    embeddings ``(batch, n_concepts, embedding_dim)``.
+    Shapes: ``h (batch, in_features)`` → ``z (batch, num_concepts * embedding_dim)``;
+    ``concepts`` logits ``(batch, num_concepts)``; ``probs`` the probabilities
+    after intervention ``(batch, num_concepts)``; ``extras["embeddings"]`` the mixed
+    embeddings ``(batch, num_concepts, embedding_dim)``.
 
     Example::
 
@@ -53,18 +54,19 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
         out = b(torch.randn(8, 1280))        # out.z: (8, 32), out.concepts: (8, 2)
     """
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
         concept_names: list[str] | None = None,
-        n_concepts: int | None = None,
+        num_concepts: int | None = None,
         embedding_dim: int = 16,
         hidden: list[int] | None = None,
         training_intervention_prob: float = 0.25,
         shared_scorer: bool = True,
     ) -> None:
         super().__init__()
-        n = len(self._init_concepts(concept_names, n_concepts))
+        n = len(self._init_concepts(concept_names, num_concepts))
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if not 0.0 <= training_intervention_prob <= 1.0:
@@ -85,11 +87,11 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
         """The positive and negative embeddings and the concept logits.
 
         Returns:
-            ``(pos, neg, logits)``: ``(batch, n_concepts, embedding_dim)`` twice and
-            ``(batch, n_concepts)``.
+            ``(pos, neg, logits)``: ``(batch, num_concepts, embedding_dim)`` twice and
+            ``(batch, num_concepts)``.
         """
         e = F.leaky_relu(self.generators(self.trunk(h)))
-        e = rearrange(e, "b (k two m) -> b k two m", k=self.n_concepts, two=2)
+        e = rearrange(e, "b (k two m) -> b k two m", k=self.num_concepts, two=2)
         pos, neg = e[:, :, 0], e[:, :, 1]
         both = torch.cat([pos, neg], dim=-1)  # (b, k, 2m)
         logits = (both * self.score_weight).sum(-1) + self.score_bias
@@ -109,7 +111,7 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
             if concepts.shape != probs.shape:
                 raise ValueError(
                     f"concepts has shape {tuple(concepts.shape)} but the bottleneck predicts "
-                    f"{tuple(probs.shape)} (batch, n_concepts)"
+                    f"{tuple(probs.shape)} (batch, num_concepts)"
                 )
             rand_mask = torch.rand(probs.shape, device=probs.device) < self.training_intervention_prob
             if intervention_mask is not None:
@@ -120,3 +122,8 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
         mixed = probs.unsqueeze(-1) * pos + (1 - probs.unsqueeze(-1)) * neg
         z = rearrange(mixed, "b k m -> b (k m)")
         return BottleneckOutput(z=z, concepts=logits, probs=probs, extras={"embeddings": mixed})
+
+    def unit_readout(self) -> UnitReadout:
+        """Concept ``i`` is read through its block of ``embedding_dim`` columns of ``z``."""
+        m = self.embedding_dim
+        return UnitReadout(tuple(tuple(range(i * m, (i + 1) * m)) for i in range(self.n_concepts)))

@@ -1,6 +1,6 @@
 """Codebook features (Tamkin et al., 2023): hidden states as sums of a few discrete codes.
 
-:class:`CodebookFeatures` replaces a hidden vector ``h`` by the sum of the ``k``
+:class:`CodebookFeatures` replaces a hidden vector ``h`` by the sum of the ``top_k``
 codes of its codebook most similar to it (cosine similarity by default). The forward
 value is the code sum; the backward pass sends the downstream gradient to the chosen
 codes *and*, straight through, to ``h``. Optional unweighted losses pull codes and
@@ -15,70 +15,78 @@ forward hooks; :func:`~bottlenecks.analysis.codes.find_codes` and
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
 from bottlenecks.layers.codes import Distance, code_similarity, kmeans, nearest_codes, perplexity, reseed_codes
+from bottlenecks.naming import accepts_renamed
 
 
 class CodebookFeatures(Bottleneck):
-    """Top-k codebook layer: ``h`` ``(batch, in_features)`` → sum of its ``k`` nearest codes.
+    """Top-k codebook layer: ``h`` ``(batch, in_features)`` → sum of its ``top_k`` nearest codes.
 
     Interventions (inference-time edits, stored in buffers so they travel with the
     checkpoint): :meth:`force` makes codes always active (they take the slots of the
     weakest chosen codes), :meth:`suppress` makes codes never active,
-    :meth:`clear_interventions` undoes both.
+    :meth:`clear_interventions` undoes both. These are the low-level switches
+    (:meth:`unit_gates`); on a trained model prefer the logged, reversible edits
+    ``force_codes`` / ``suppress_codes`` of :mod:`bottlenecks.editing`.
 
     Args:
         in_features: width of the hidden vectors.
-        codebook_size: number of codes ``K`` (``K >= k``).
-        k: codes active per vector.
-        similarity: ``"cosine"`` (the paper's choice) or ``"euclidean"`` nearest codes;
+        codebook_size: number of codes ``K`` (``K >= top_k``).
+        top_k: codes active per vector.
+        distance: ``"cosine"`` (the paper's choice) or ``"euclidean"`` nearest codes;
             the summed codes themselves are not normalised.
-        kmeans_init: initialise the codes by k-means on a sample of hidden vectors
+        init: ``"random"`` or ``"kmeans"``: the codes by k-means on a sample of hidden vectors
             (:meth:`init_from_data`).
-        kmeans_iters: Lloyd iterations of that initialisation.
+        init_iters: Lloyd iterations of the k-means initialisation.
         dead_code_threshold: running usage (EMA of activations per batch, decay
             ``usage_decay``) below which a code is re-seeded from a random input of the
             batch during training; 0 disables replacement.
         usage_decay: decay of that running usage.
 
-    Output: ``z`` ``(batch, in_features)``, ``codes`` ``(batch, k)`` (most similar first),
+    Output: ``z`` ``(batch, in_features)``, ``codes`` ``(batch, top_k)`` (most similar first),
     losses ``"reconstruction"`` and ``"commitment"`` (unweighted), metric ``perplexity``,
     extras ``counts`` ``(1, K)``. Units: the ``K`` codes, active (1) in the examples that
     chose them.
     """
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
         codebook_size: int = 1024,
-        k: int = 8,
-        similarity: Distance = "cosine",
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
+        top_k: int = 8,
+        distance: Distance = "cosine",
+        init: Literal["random", "kmeans"] = "random",
+        init_iters: int = 10,
         dead_code_threshold: float = 0.0,
         usage_decay: float = 0.99,
     ) -> None:
         super().__init__()
         if in_features < 1:
             raise ValueError(f"in_features must be positive, got {in_features}")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        if codebook_size < k:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if codebook_size < top_k:
             raise ValueError(
-                f"codebook_size={codebook_size} is smaller than k={k}: top-k needs at least k codes"
+                f"codebook_size={codebook_size} is smaller than top_k={top_k}: top-k needs at least top_k codes"
             )
-        if similarity not in ("cosine", "euclidean"):
-            raise ValueError(f"similarity must be 'cosine' or 'euclidean', got {similarity!r}")
+        if distance not in ("cosine", "euclidean"):
+            raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")
+        if init not in ("random", "kmeans"):
+            raise ValueError(f"init must be 'random' or 'kmeans', got {init!r}")
         self.in_features = self.out_features = in_features
         self.codebook_size = codebook_size
-        self.k = k
-        self.similarity = similarity
-        self.kmeans_init = kmeans_init
-        self.kmeans_iters = kmeans_iters
+        self.top_k = top_k
+        self.distance = distance
+        self.init = init
+        self.init_iters = init_iters
         if dead_code_threshold < 0 or not 0.0 < usage_decay < 1.0:
             raise ValueError(
                 f"dead_code_threshold must be >= 0 and usage_decay in (0, 1), got {dead_code_threshold}, {usage_decay}"
@@ -89,11 +97,11 @@ class CodebookFeatures(Bottleneck):
         self.register_buffer("usage", torch.zeros(codebook_size))
         self.register_buffer("forced", torch.zeros(codebook_size, dtype=torch.bool))
         self.register_buffer("suppressed", torch.zeros(codebook_size, dtype=torch.bool))
-        self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        self.register_buffer("initialised", torch.tensor(init == "random"))
 
     # ------------------------------------------------------------------- stages
     def needs_data_init(self) -> bool:
-        return self.kmeans_init and not bool(self.initialised)
+        return self.init == "kmeans" and not bool(self.initialised)
 
     @torch.no_grad()
     def init_from_data(
@@ -106,34 +114,34 @@ class CodebookFeatures(Bottleneck):
                 f"k-means initialisation of {self.codebook_size} codes needs at least "
                 f"{self.codebook_size} vectors, got {h.shape[0]}"
             )
-        codes = kmeans(h.float().unsqueeze(0), self.codebook_size, self.kmeans_iters, self.similarity)[0]
-        if self.similarity == "cosine":  # keep the scale of the data (as re-seeded codes have)
+        codes = kmeans(h.float().unsqueeze(0), self.codebook_size, self.init_iters, self.distance)[0]
+        if self.distance == "cosine":  # keep the scale of the data (as re-seeded codes have)
             codes = codes * h.norm(dim=-1).mean()
         self.codebook.data.copy_(codes)
         self.initialised.fill_(True)
 
     # ---------------------------------------------------------------- selection
     def select(self, h: Tensor) -> Tensor:
-        """Indices ``(batch, k)`` of the active codes of ``h`` ``(batch, in_features)``, interventions applied."""
+        """Indices ``(batch, top_k)`` of the active codes of ``h`` ``(batch, in_features)``, interventions applied."""
         n_forced = int(self.forced.sum())
-        if n_forced > self.k:
-            raise ValueError(f"{n_forced} codes are forced but only k={self.k} can be active")
+        if n_forced > self.top_k:
+            raise ValueError(f"{n_forced} codes are forced but only top_k={self.top_k} can be active")
         x, cb = h.detach(), self.codebook.detach()
-        if self.similarity == "cosine":
+        if self.distance == "cosine":
             x, cb = F.normalize(x, dim=-1), F.normalize(cb, dim=-1)
         if n_forced == 0 and not bool(self.suppressed.any()):
-            idx = nearest_codes(x.unsqueeze(0), cb.unsqueeze(0), self.k, self.similarity)[0]
-            return idx.unsqueeze(-1) if self.k == 1 else idx
+            idx = nearest_codes(x.unsqueeze(0), cb.unsqueeze(0), self.top_k, self.distance)[0]
+            return idx.unsqueeze(-1) if self.top_k == 1 else idx
         with torch.no_grad():
-            scores = code_similarity(x.unsqueeze(0), cb.unsqueeze(0), self.similarity)[0]
+            scores = code_similarity(x.unsqueeze(0), cb.unsqueeze(0), self.distance)[0]
             scores.masked_fill_(self.suppressed, float("-inf"))
             scores.masked_fill_(self.forced, float("inf"))
-            return scores.topk(self.k, dim=-1).indices
+            return scores.topk(self.top_k, dim=-1).indices
 
     def forward(
         self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None
     ) -> BottleneckOutput:
-        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, in_features)``, ``codes`` ``(batch, k)``."""
+        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, in_features)``, ``codes`` ``(batch, top_k)``."""
         self.check_input(h)
         idx = self.select(h)
         q = F.embedding(idx, self.codebook).sum(1)  # (batch, in_features)
@@ -178,18 +186,39 @@ class CodebookFeatures(Bottleneck):
     def force(self, codes: list[int] | Tensor) -> None:
         """Make ``codes`` active for every input (at most ``k`` forced codes)."""
         idx = self._check_codes(codes)
-        if int((self.forced.clone().index_fill_(0, idx, True)).sum()) > self.k:
-            raise ValueError(f"cannot force more than k={self.k} codes")
+        if int((self.forced.clone().index_fill_(0, idx, True)).sum()) > self.top_k:
+            raise ValueError(f"cannot force more than k={self.top_k} codes")
         self.forced[idx] = True
         self.suppressed[idx] = False
 
     def suppress(self, codes: list[int] | Tensor) -> None:
         """Never activate ``codes``."""
         idx = self._check_codes(codes)
-        if int((self.suppressed.clone().index_fill_(0, idx, True)).sum()) > self.codebook_size - self.k:
-            raise ValueError(f"suppressing these codes would leave fewer than k={self.k} codes")
+        if int((self.suppressed.clone().index_fill_(0, idx, True)).sum()) > self.codebook_size - self.top_k:
+            raise ValueError(f"suppressing these codes would leave fewer than k={self.top_k} codes")
         self.suppressed[idx] = True
         self.forced[idx] = False
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"forced": (K,), "suppressed": (K,)}`` — the switches of :meth:`force` / :meth:`suppress`."""
+        return {"forced": self.forced.clone(), "suppressed": self.suppressed.clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("forced", "suppressed"))
+        forced, suppressed = g["forced"].to(self.forced.device), g["suppressed"].to(self.forced.device)
+        if bool((forced & suppressed).any()):
+            both = (forced & suppressed).nonzero().flatten().tolist()
+            raise ValueError(f"codes {both} cannot be both forced and suppressed")
+        if int(forced.sum()) > self.k:
+            raise ValueError(f"cannot force more than k={self.k} codes, got {int(forced.sum())}")
+        if int(suppressed.sum()) > self.codebook_size - self.k:
+            raise ValueError(f"suppressing {int(suppressed.sum())} codes would leave fewer than k={self.k} codes")
+        self.forced.copy_(forced)
+        self.suppressed.copy_(suppressed)
+
+    def unit_table(self) -> Tensor:
+        """The codes ``(codebook_size, in_features)`` (a view of the codebook)."""
+        return self.codebook.data
 
     def clear_interventions(self) -> None:
         """Undo every :meth:`force` and :meth:`suppress`."""

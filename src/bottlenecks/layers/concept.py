@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from bottlenecks.naming import accepts_renamed
 from bottlenecks.layers.base import (
     Bottleneck,
     BottleneckOutput,
@@ -30,47 +31,48 @@ class ConceptBottleneck(ConceptLayer):
     Args:
         in_features: width of the encoder features.
         concept_names: names of the concepts (linked from the data by the CLI).
-        n_concepts: number of concepts when no names are given.
+        num_concepts: number of concepts when no names are given.
         hidden: hidden widths of the concept predictor (empty = linear).
         dropout: dropout between hidden layers.
         hard: feed thresholded concepts (0/1) to the head instead of probabilities;
             gradients pass straight through to the probabilities.
-        n_residual: width of an optional residual side channel: unsupervised units
+        num_residual: width of an optional residual side channel: unsupervised units
             (a linear map of the features) that the head reads next to the concepts,
             for when the concepts are incomplete. Interventions never touch them;
             :func:`bottlenecks.analysis.leakage.concept_leakage` measures how much
             label information the head takes from them (:meth:`side_channel`).
 
-    Shapes: ``h (batch, in_features)`` → ``z (batch, n_concepts + n_residual)`` laid out
-    as ``[concepts | residual]``; ``concepts`` logits ``(batch, n_concepts)``;
-    ``probs`` the probabilities after intervention ``(batch, n_concepts)``.
+    Shapes: ``h (batch, in_features)`` → ``z (batch, num_concepts + n_residual)`` laid out
+    as ``[concepts | residual]``; ``concepts`` logits ``(batch, num_concepts)``;
+    ``probs`` the probabilities after intervention ``(batch, num_concepts)``.
 
     Example::
 
-        b = ConceptBottleneck(1280, concept_names=["red", "circle"], n_residual=4)
+        b = ConceptBottleneck(1280, concept_names=["red", "circle"], num_residual=4)
         out = b(torch.randn(8, 1280))        # out.z: (8, 6), out.concepts: (8, 2)
     """
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
         concept_names: list[str] | None = None,
-        n_concepts: int | None = None,
+        num_concepts: int | None = None,
         hidden: list[int] | None = None,
         dropout: float = 0.0,
         hard: bool = False,
-        n_residual: int = 0,
+        num_residual: int = 0,
     ) -> None:
         super().__init__()
-        n = len(self._init_concepts(concept_names, n_concepts))
-        if n_residual < 0:
-            raise ValueError(f"n_residual must be >= 0, got {n_residual}")
+        n = len(self._init_concepts(concept_names, num_concepts))
+        if num_residual < 0:
+            raise ValueError(f"num_residual must be >= 0, got {num_residual}")
         self.in_features = int(in_features)
-        self.n_residual = int(n_residual)
-        self.out_features = n + self.n_residual
+        self.num_residual = int(num_residual)
+        self.out_features = n + self.num_residual
         self.hard = hard
         self.predictor = mlp(in_features, hidden or [], n, dropout)
-        self.residual = nn.Linear(in_features, self.n_residual) if self.n_residual > 0 else None
+        self.residual = nn.Linear(in_features, self.num_residual) if self.num_residual > 0 else None
 
     def forward(
         self,
@@ -90,7 +92,7 @@ class ConceptBottleneck(ConceptLayer):
         return BottleneckOutput(z=z, concepts=logits, probs=probs)
 
     def side_channel(self) -> slice | None:
-        return slice(self.n_concepts, self.out_features) if self.residual is not None else None
+        return slice(self.num_concepts, self.out_features) if self.residual is not None else None
 
     def side_channel_parameters(self) -> list[str]:
         return ["residual"] if self.residual is not None else []

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottlenecks.naming import accepts_renamed
 from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, check_intervention
 
 _LOGIT_CLAMP = 50.0
@@ -68,7 +69,7 @@ class EnergyConceptBottleneck(ConceptLayer):
         in_features: width of the encoder features.
         num_classes: number of classes ``M`` (the bottleneck predicts the label itself).
         concept_names: names of the ``K`` concepts (linked from the data by the CLI).
-        n_concepts: number of concepts when no names are given.
+        num_concepts: number of concepts when no names are given.
         embedding_dim: width of the concept embeddings ``v_k^±`` and class embeddings ``u_y``.
         hidden: hidden width of the energy MLPs.
         concept_weight: ``λ_c``, weight of the concept energy in the total energy.
@@ -81,10 +82,10 @@ class EnergyConceptBottleneck(ConceptLayer):
         gradient_steps, gradient_lr: iterations and Adam step size of gradient inference.
 
     Shapes: ``h (batch, in_features)`` → ``z = log p(y | x)`` ``(batch, num_classes)``;
-    ``concepts`` the logits of ``p(c_k = 1 | x)`` ``(batch, n_concepts)``;
-    ``probs`` those probabilities after intervention ``(batch, n_concepts)``,
+    ``concepts`` the logits of ``p(c_k = 1 | x)`` ``(batch, num_concepts)``;
+    ``probs`` those probabilities after intervention ``(batch, num_concepts)``,
     ``extras["class_energy"]`` ``(batch, num_classes)``, ``extras["concept_energy"]``
-    ``(batch, n_concepts, 2)`` (energy of ``c_k = 0`` and ``c_k = 1``).
+    ``(batch, num_concepts, 2)`` (energy of ``c_k = 0`` and ``c_k = 1``).
 
     Example::
 
@@ -97,12 +98,13 @@ class EnergyConceptBottleneck(ConceptLayer):
     #: The bottleneck's ``z`` is the task output; the model's default head is the identity.
     predicts_task = True
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
         num_classes: int,
         concept_names: list[str] | None = None,
-        n_concepts: int | None = None,
+        num_concepts: int | None = None,
         embedding_dim: int = 16,
         hidden: int = 64,
         concept_weight: float = 1.0,
@@ -114,7 +116,7 @@ class EnergyConceptBottleneck(ConceptLayer):
         gradient_lr: float = 0.1,
     ) -> None:
         super().__init__()
-        n = len(self._init_concepts(concept_names, n_concepts))
+        n = len(self._init_concepts(concept_names, num_concepts))
         if num_classes is None or num_classes < 2:
             raise ValueError(f"EnergyConceptBottleneck needs num_classes >= 2, got {num_classes}")
         if inference not in ("auto", "exact", "gradient"):
@@ -175,7 +177,7 @@ class EnergyConceptBottleneck(ConceptLayer):
         return self.class_out(F.relu(a[:, None, :] + u[None])).squeeze(-1)
 
     def concept_energy(self, h: Tensor) -> Tensor:
-        """``E_k(x, c_k)`` for ``c_k = 0`` and ``1``: ``(batch, n_concepts, 2)``."""
+        """``E_k(x, c_k)`` for ``c_k = 0`` and ``1``: ``(batch, num_concepts, 2)``."""
         a = self.concept_h(h)  # (b, H)
         v = self.concept_v(self.concept_embeddings)  # (K, 2, H)
         return self.concept_out(F.relu(a[:, None, None, :] + v[None])).squeeze(-1)
@@ -188,7 +190,7 @@ class EnergyConceptBottleneck(ConceptLayer):
         """``E_global(c, y)`` for (relaxed) concepts and labels.
 
         Args:
-            c: ``(..., n_concepts)`` concept values in ``[0, 1]``.
+            c: ``(..., num_concepts)`` concept values in ``[0, 1]``.
             y: ``(..., num_classes)`` label probabilities (one-hot for a hard label).
 
         Returns:
@@ -212,18 +214,18 @@ class EnergyConceptBottleneck(ConceptLayer):
     # ----------------------------------------------------------- enumeration
     @property
     def enumerable(self) -> bool:
-        return (2**self.n_concepts) * self.num_classes <= self.max_configs
+        return (2**self.num_concepts) * self.num_classes <= self.max_configs
 
     def _require_enumerable(self, what: str) -> None:
         if not self.enumerable:
             raise ValueError(
-                f"{what} needs all 2^{self.n_concepts} * {self.num_classes} (concepts, label) pairs, "
+                f"{what} needs all 2^{self.num_concepts} * {self.num_classes} (concepts, label) pairs, "
                 f"more than max_configs={self.max_configs}"
             )
 
     def configs(self) -> Tensor:
         """All binary concept vectors ``(2^K, K)``; row ``i`` has bit ``k`` of ``i`` in column ``k``."""
-        K = self.n_concepts
+        K = self.num_concepts
         idx = torch.arange(2**K, device=self.class_embeddings.device)
         bits = (idx[:, None] >> torch.arange(K, device=idx.device)) & 1
         return bits.to(self.class_embeddings.dtype)
@@ -244,7 +246,7 @@ class EnergyConceptBottleneck(ConceptLayer):
     ) -> BottleneckOutput:
         self.check_input(h)
         self._count_labels(concepts)
-        values, mask = check_intervention((h.shape[0], self.n_concepts), concepts, intervention_mask)
+        values, mask = check_intervention((h.shape[0], self.num_concepts), concepts, intervention_mask)
         if values is not None:
             values = values.to(h.dtype)
         e_cls = self.class_energy(h)
@@ -407,16 +409,16 @@ class EnergyConceptBottleneck(ConceptLayer):
 
     @torch.no_grad()
     def concept_given_label(self) -> Tensor:
-        """``p(c_k = 1 | y)`` under the global energy: ``(num_classes, n_concepts)``."""
+        """``p(c_k = 1 | y)`` under the global energy: ``(num_classes, num_concepts)``."""
         joint = self.prior()  # (N, M)
         p_c_y = joint / joint.sum(0, keepdim=True)
         return p_c_y.T @ self.configs()
 
     @torch.no_grad()
     def concept_given_concept(self, given: int, value: float = 1.0) -> Tensor:
-        """``p(c_k = 1 | c_given = value)`` under the global energy (label marginalised): ``(n_concepts,)``."""
-        if not 0 <= given < self.n_concepts:
-            raise ValueError(f"concept index {given} is out of range for {self.n_concepts} concepts")
+        """``p(c_k = 1 | c_given = value)`` under the global energy (label marginalised): ``(num_concepts,)``."""
+        if not 0 <= given < self.num_concepts:
+            raise ValueError(f"concept index {given} is out of range for {self.num_concepts} concepts")
         if value not in (0, 1, 0.0, 1.0):
             raise ValueError(f"the conditioning value must be 0 or 1, got {value}")
         p_c = self.prior().sum(1)  # (N,)

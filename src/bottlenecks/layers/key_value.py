@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
 from bottlenecks.layers.codes import Distance, kmeans, nearest_codes
+from bottlenecks.naming import accepts_renamed
 
 
 class DiscreteKeyValueBottleneck(Bottleneck):
@@ -36,20 +37,21 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         in_features: width of the (frozen) encoder features.
         num_heads: number of heads ``C`` (codebooks).
         keys_per_head: keys (and values) per head ``J``.
-        key_dim: width of a head. With ``projection="split"`` it is
+        code_dim: width of a head's keys. With ``projection="split"`` it is
             ``in_features // num_heads`` (``num_heads`` must divide ``in_features``);
             with ``projection="random"`` it defaults to ``max(1, in_features // num_heads)``.
         projection: ``"split"`` cuts the features into ``C`` contiguous chunks;
             ``"random"`` projects them with ``C`` fixed Gaussian matrices (a buffer).
-        value_dim: width of a value. For the non-parametric decoder this is the
-            number of classes: the averaged fetched values are the class logits.
+        value_dim: width of a value. Default: ``num_classes`` — for the non-parametric
+            decoder it must be, since the averaged fetched values are the class logits.
+        num_classes: number of classes (linked from the data by the CLI).
         top_k: keys fetched per head.
         decoder: ``"nonparametric"`` — ``z`` ``(batch, value_dim)`` is the mean of all
             fetched values: ``z`` are the class logits, and
             the model then adds no head (:attr:`predicts_task`); ``"concat"`` — ``z`` ``(batch, num_heads * value_dim)`` concatenates each
             head's (top-k averaged) values for a small learned decoder, which is the
             model's ``head`` (a Linear by default, an MLP with ``head_hidden``).
-        key_init: ``"kmeans"`` (Lloyd, batched over heads), ``"ema"`` (online
+        init: ``"kmeans"`` (Lloyd, batched over heads), ``"ema"`` (online
             mini-batch EMA updates from random samples, as in the paper), or
             ``"random"`` (Gaussian keys, no data needed).
         init_iters: k-means iterations, or EMA passes over the sample.
@@ -69,24 +71,38 @@ class DiscreteKeyValueBottleneck(Bottleneck):
     (``head{c}/key{j}``), active (1) in the examples that fetch them.
     """
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
         num_heads: int = 8,
         keys_per_head: int = 64,
-        key_dim: int | None = None,
+        code_dim: int | None = None,
         projection: Literal["split", "random"] = "split",
-        value_dim: int = 10,
+        value_dim: int | None = None,
         top_k: int = 1,
         decoder: Literal["nonparametric", "concat"] = "nonparametric",
-        key_init: Literal["kmeans", "ema", "random"] = "kmeans",
+        init: Literal["kmeans", "ema", "random"] = "kmeans",
         init_iters: int = 10,
         ema_decay: float = 0.95,
         init_batch_size: int = 256,
         distance: Distance = "euclidean",
         value_init: Literal["zeros", "normal"] = "zeros",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        if value_dim is None:
+            if num_classes is None:
+                raise ValueError(
+                    "DiscreteKeyValueBottleneck needs value_dim or num_classes (the non-parametric "
+                    "decoder's values are class logits)"
+                )
+            value_dim = num_classes
+        if decoder == "nonparametric" and num_classes is not None and value_dim != num_classes:
+            raise ValueError(
+                f"the non-parametric decoder's values are class logits, so value_dim={value_dim} must "
+                f"equal num_classes={num_classes}"
+            )
         if in_features < 1 or num_heads < 1 or keys_per_head < 1 or value_dim < 1:
             raise ValueError(
                 "in_features, num_heads, keys_per_head and value_dim must be positive, got "
@@ -101,14 +117,14 @@ class DiscreteKeyValueBottleneck(Bottleneck):
                     "projection='split' every head takes an equal chunk (use a divisor or "
                     "projection='random')"
                 )
-            if key_dim is not None and key_dim != in_features // num_heads:
+            if code_dim is not None and code_dim != in_features // num_heads:
                 raise ValueError(
-                    f"with projection='split' key_dim is in_features // num_heads = "
-                    f"{in_features // num_heads}, got key_dim={key_dim}"
+                    f"with projection='split' code_dim is in_features // num_heads = "
+                    f"{in_features // num_heads}, got code_dim={code_dim}"
                 )
-            key_dim = in_features // num_heads
+            code_dim = in_features // num_heads
         else:
-            key_dim = key_dim or max(1, in_features // num_heads)
+            code_dim = code_dim or max(1, in_features // num_heads)
         if not 1 <= top_k <= keys_per_head:
             raise ValueError(
                 f"top_k={top_k} must lie in [1, keys_per_head={keys_per_head}]: a head cannot "
@@ -118,19 +134,20 @@ class DiscreteKeyValueBottleneck(Bottleneck):
             raise ValueError(f"decoder must be 'nonparametric' or 'concat', got {decoder!r}")
         if value_init not in ("zeros", "normal"):
             raise ValueError(f"value_init must be 'zeros' or 'normal', got {value_init!r}")
-        if key_init not in ("kmeans", "ema", "random"):
-            raise ValueError(f"key_init must be 'kmeans', 'ema' or 'random', got {key_init!r}")
+        if init not in ("kmeans", "ema", "random"):
+            raise ValueError(f"init must be 'kmeans', 'ema' or 'random', got {init!r}")
         if not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {ema_decay}")
         self.in_features = in_features
         self.num_heads = num_heads
         self.keys_per_head = keys_per_head
-        self.key_dim = key_dim
+        self.code_dim = code_dim
+        self.num_classes = num_classes
         self.projection = projection
         self.value_dim = value_dim
         self.top_k = top_k
         self.decoder = decoder
-        self.key_init = key_init
+        self.init = init
         self.init_iters = init_iters
         self.ema_decay = ema_decay
         self.init_batch_size = init_batch_size
@@ -139,16 +156,16 @@ class DiscreteKeyValueBottleneck(Bottleneck):
 
         C, J = num_heads, keys_per_head
         if projection == "random":
-            # C Gaussian matrices (in_features, key_dim), stored side by side for one matmul
-            self.register_buffer("proj", torch.randn(in_features, C * key_dim) / in_features**0.5)
+            # C Gaussian matrices (in_features, code_dim), stored side by side for one matmul
+            self.register_buffer("proj", torch.randn(in_features, C * code_dim) / in_features**0.5)
         else:
             self.proj = None
-        keys = torch.randn(C, J, key_dim)
+        keys = torch.randn(C, J, code_dim)
         self.register_buffer("keys", F.normalize(keys, dim=-1) if distance == "cosine" else keys)
-        self.register_buffer("keys_initialised", torch.tensor(key_init == "random"))
+        self.register_buffer("keys_initialised", torch.tensor(init == "random"))
         self.register_buffer("usage", torch.zeros(C, J))
-        init = torch.zeros(C, J, value_dim) if value_init == "zeros" else torch.randn(C, J, value_dim) * 0.02
-        self.values = nn.Parameter(init)
+        start = torch.zeros(C, J, value_dim) if value_init == "zeros" else torch.randn(C, J, value_dim) * 0.02
+        self.values = nn.Parameter(start)
         self.register_buffer("_offsets", (torch.arange(C) * J).view(C, 1, 1), persistent=False)
 
     @property
@@ -159,9 +176,9 @@ class DiscreteKeyValueBottleneck(Bottleneck):
 
     # ------------------------------------------------------------------ helpers
     def project(self, h: Tensor) -> Tensor:
-        """Heads of the features: ``(batch, in_features)`` → ``(num_heads, batch, key_dim)``."""
+        """Heads of the features: ``(batch, in_features)`` → ``(num_heads, batch, code_dim)``."""
         x = h if self.proj is None else h @ self.proj
-        x = x.reshape(h.shape[0], self.num_heads, self.key_dim).transpose(0, 1)
+        x = x.reshape(h.shape[0], self.num_heads, self.code_dim).transpose(0, 1)
         return F.normalize(x, dim=-1) if self.distance == "cosine" else x
 
     def fetch(self, h: Tensor) -> Tensor:
@@ -169,7 +186,7 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         if not bool(self.keys_initialised):
             raise RuntimeError(
                 "DiscreteKeyValueBottleneck keys are not initialised: call init_from_data(features) "
-                "first (BottleneckModel does this at fit start), or use key_init='random'"
+                "first (BottleneckModel does this at fit start), or use init='random'"
             )
         idx = nearest_codes(self.project(h.detach()), self.keys, self.top_k, self.distance)
         return idx if self.top_k > 1 else idx.unsqueeze(-1)
@@ -194,7 +211,7 @@ class DiscreteKeyValueBottleneck(Bottleneck):
                 f"got {n}; pass more unlabelled features or use fewer keys"
             )
         x = self.project(h.float())
-        if self.key_init == "ema":
+        if self.init == "ema":
             keys = self._ema_keys(x)
         else:
             keys = kmeans(x, self.keys_per_head, self.init_iters, self.distance)
@@ -205,7 +222,7 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         self.usage.zero_()
 
     def _ema_keys(self, x: Tensor) -> Tensor:
-        """Online EMA (VQ-style) key learning: ``(C, n, key_dim)`` → ``(C, J, key_dim)``."""
+        """Online EMA (VQ-style) key learning: ``(C, n, code_dim)`` → ``(C, J, code_dim)``."""
         C, n, d = x.shape
         J = self.keys_per_head
         start = torch.rand(C, n, device=x.device).topk(J, dim=1).indices
@@ -264,6 +281,11 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         C, J, k = self.num_heads, self.keys_per_head, self.top_k
         offsets = (torch.arange(C, device=out.codes.device) * J).repeat_interleave(k)
         return one_hot_units(out.codes, C * J, offsets)
+
+    def unit_table(self) -> Tensor:
+        """The values ``(num_heads * keys_per_head, value_dim)``, row ``c * J + j`` = unit
+        ``head{c}/key{j}`` (a view of :attr:`values`)."""
+        return self.values.data.view(self.num_heads * self.keys_per_head, self.value_dim)
 
     # -------------------------------------------------------------- optimiser
     def optimizer_param_groups(self) -> list[dict[str, Any]]:

@@ -27,16 +27,17 @@ from torch import Tensor, nn
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
 from bottlenecks.layers.codes import DISTANCES as _DISTANCES
 from bottlenecks.layers.codes import Distance, kmeans, nearest_codes, perplexity, reseed_codes
+from bottlenecks.naming import accepts_renamed
 
 
 # --------------------------------------------------------------------------- VQ
 class VectorQuantizer(Bottleneck):
     """Nearest-code vector quantiser with straight-through gradients.
 
-    The input ``(batch, in_features)`` is split into ``heads`` chunks of
-    ``in_features // heads`` dims; each chunk is replaced by its nearest code. With
+    The input ``(batch, in_features)`` is split into ``num_heads`` chunks of
+    ``in_features // num_heads`` dims; each chunk is replaced by its nearest code. With
     ``shared_codebook=False`` (default) every head has its own codebook of
-    ``codebook_size`` codes — product quantisation, ``codebook_size ** heads``
+    ``codebook_size`` codes — product quantisation, ``codebook_size ** num_heads``
     distinct outputs; with ``shared_codebook=True`` all heads read one codebook.
 
     Training signal (VQ-VAE): the forward value is the code, the backward pass copies
@@ -62,40 +63,41 @@ class VectorQuantizer(Bottleneck):
     Args:
         in_features: width of the input features.
         codebook_size: codes per codebook ``K``.
-        heads: number of chunks the input is split into (must divide ``in_features``).
+        num_heads: number of chunks the input is split into (must divide ``in_features``).
         shared_codebook: one codebook for all heads instead of one per head.
         distance: ``"euclidean"`` or ``"cosine"`` (inputs and codes L2-normalised; the
             output is the normalised code).
         ema: update codes by EMA instead of the ``"codebook"`` loss.
-        decay: EMA decay of the codebook statistics.
+        ema_decay: EMA decay of the codebook statistics.
         eps: Laplace smoothing of the EMA counts.
-        kmeans_init: initialise codes by k-means on training features
-            (:meth:`init_from_data`, called by the model at fit start; the first
+        init: ``"random"`` (Gaussian codes) or ``"kmeans"``: codes by k-means on training
+            features (:meth:`init_from_data`, called by the model at fit start; the first
             training batch otherwise).
-        kmeans_iters: Lloyd iterations of that initialisation.
+        init_iters: Lloyd iterations of the k-means initialisation.
         dead_code_threshold: running usage (expected hits per batch) below which a code
             is re-seeded; 0 disables replacement.
         usage_decay: decay of the running usage.
         dead_window: training batches without a hit after which a code counts as dead
             in the ``dead_fraction`` metric.
-        code_dim: when given, a learned ``Linear(in_features, heads * code_dim)`` maps the
+        code_dim: when given, a learned ``Linear(in_features, num_heads * code_dim)`` maps the
             (frozen) features into the space that is quantised, so the representation can
             adapt to the task (the commitment loss then trains it); ``z`` is then
-            ``(batch, heads * code_dim)``. Default: quantise the features themselves.
+            ``(batch, num_heads * code_dim)``. Default: quantise the features themselves.
     """
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
         codebook_size: int = 512,
-        heads: int = 1,
+        num_heads: int = 1,
         shared_codebook: bool = False,
         distance: Distance = "euclidean",
         ema: bool = False,
-        decay: float = 0.99,
+        ema_decay: float = 0.99,
         eps: float = 1e-5,
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
+        init: Literal["random", "kmeans"] = "random",
+        init_iters: int = 10,
         dead_code_threshold: float = 0.0,
         usage_decay: float = 0.99,
         dead_window: int = 100,
@@ -108,52 +110,54 @@ class VectorQuantizer(Bottleneck):
             raise ValueError(f"codebook_size must be positive, got {codebook_size}")
         if code_dim is not None and code_dim < 1:
             raise ValueError(f"code_dim must be positive, got {code_dim}")
-        if code_dim is None and (heads < 1 or in_features % heads != 0):
+        if code_dim is None and (num_heads < 1 or in_features % num_heads != 0):
             raise ValueError(
-                f"heads={heads} does not divide in_features={in_features}; each head quantises "
+                f"num_heads={num_heads} does not divide in_features={in_features}; each head quantises "
                 "an equal chunk of the features, so choose a divisor (or set code_dim)"
             )
-        if heads < 1:
-            raise ValueError(f"heads must be positive, got {heads}")
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be positive, got {num_heads}")
+        if init not in ("random", "kmeans"):
+            raise ValueError(f"init must be 'random' or 'kmeans', got {init!r}")
         if distance not in _DISTANCES:
             raise ValueError(f"distance must be one of {_DISTANCES}, got {distance!r}")
-        for name, value in (("decay", decay), ("usage_decay", usage_decay)):
+        for name, value in (("ema_decay", ema_decay), ("usage_decay", usage_decay)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {value}")
         if dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold}")
         self.in_features = in_features
         self.codebook_size = codebook_size
-        self.heads = heads
-        self.code_dim = code_dim if code_dim is not None else in_features // heads
-        self.out_features = self.heads * self.code_dim
+        self.num_heads = num_heads
+        self.code_dim = code_dim if code_dim is not None else in_features // num_heads
+        self.out_features = self.num_heads * self.code_dim
         self.project_in = nn.Linear(in_features, self.out_features) if code_dim is not None else None
-        self.shared_codebook = shared_codebook or heads == 1
-        self.groups = 1 if self.shared_codebook else heads
+        self.shared_codebook = shared_codebook or num_heads == 1
+        self.groups = 1 if self.shared_codebook else num_heads
         self.distance = distance
         self.ema = ema
-        self.decay = decay
+        self.ema_decay = ema_decay
         self.eps = eps
-        self.kmeans_init = kmeans_init
-        self.kmeans_iters = kmeans_iters
+        self.init = init
+        self.init_iters = init_iters
         self.dead_code_threshold = dead_code_threshold
         self.usage_decay = usage_decay
         self.dead_window = dead_window
 
         G, K, d = self.groups, codebook_size, self.code_dim
-        init = torch.randn(G, K, d)
+        start = torch.randn(G, K, d)
         if distance == "cosine":
-            init = F.normalize(init, dim=-1)
+            start = F.normalize(start, dim=-1)
         if ema:
-            self.register_buffer("codebook", init)
+            self.register_buffer("codebook", start)
             self.register_buffer("ema_count", torch.ones(G, K))
-            self.register_buffer("ema_sum", init.clone())
+            self.register_buffer("ema_sum", start.clone())
         else:
-            self.codebook = nn.Parameter(init)
+            self.codebook = nn.Parameter(start)
         self.register_buffer("usage", torch.zeros(G, K))
         self.register_buffer("last_used", torch.zeros(G, K, dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        self.register_buffer("initialised", torch.tensor(init == "random"))
         self.register_buffer("blocked", torch.zeros(G, K, dtype=torch.bool))
 
     # ------------------------------------------------------------------ helpers
@@ -167,9 +171,9 @@ class VectorQuantizer(Bottleneck):
         if self.project_in is not None:
             h = self.project_in(h)
         n = h.shape[0]
-        x = h.reshape(n, self.heads, self.code_dim)
+        x = h.reshape(n, self.num_heads, self.code_dim)
         if self.groups == 1:
-            x = x.reshape(1, n * self.heads, self.code_dim)
+            x = x.reshape(1, n * self.num_heads, self.code_dim)
         else:
             x = x.transpose(0, 1)
         if self.distance == "cosine":
@@ -183,28 +187,28 @@ class VectorQuantizer(Bottleneck):
         return x.transpose(0, 1).reshape(n, self.out_features)
 
     def _ungroup_codes(self, idx: Tensor, n: int) -> Tensor:
-        return idx.reshape(n, self.heads) if self.groups == 1 else idx.t()
+        return idx.reshape(n, self.num_heads) if self.groups == 1 else idx.t()
 
     # ------------------------------------------------------------------- stages
     def needs_data_init(self) -> bool:
-        return self.kmeans_init and not bool(self.initialised)
+        return self.init == "kmeans" and not bool(self.initialised)
 
     @torch.no_grad()
     def init_from_data(
         self, h: Tensor, concepts: Tensor | None = None, y: Tensor | None = None, text: TextEncoder | None = None
     ) -> None:
         """k-means codes from a sample of features ``(n, in_features)``; ``n`` must be at least
-        ``codebook_size`` (times ``1 / heads`` with a shared codebook). Labels are unused."""
+        ``codebook_size`` (times ``1 / num_heads`` with a shared codebook). Labels are unused."""
         self.check_input(h)
         x = self._group(h.float())
         if x.shape[1] < self.codebook_size:
             raise ValueError(
                 f"k-means initialisation of {self.codebook_size} codes needs at least "
                 f"{self.codebook_size} vectors per codebook, got {x.shape[1]} "
-                f"({h.shape[0]} samples × {self.heads // self.groups} heads); pass more samples "
+                f"({h.shape[0]} samples × {self.num_heads // self.groups} heads); pass more samples "
                 "or a smaller codebook_size"
             )
-        self._set_codes(kmeans(x, self.codebook_size, self.kmeans_iters, self.distance))
+        self._set_codes(kmeans(x, self.codebook_size, self.init_iters, self.distance))
         self.usage.zero_()
         self.initialised.fill_(True)
 
@@ -226,7 +230,7 @@ class VectorQuantizer(Bottleneck):
 
         Returns:
             ``(z, codes, losses, metrics, counts)``: ``z`` ``(batch, out_features)`` with
-            straight-through gradients, ``codes`` ``(batch, heads)`` int64, unweighted losses,
+            straight-through gradients, ``codes`` ``(batch, num_heads)`` int64, unweighted losses,
             usage metrics and the code counts ``(groups, codebook_size)`` of the batch.
         """
         n = h.shape[0]
@@ -235,7 +239,7 @@ class VectorQuantizer(Bottleneck):
                 self.init_from_data(h.detach())
             else:
                 raise RuntimeError(
-                    "VectorQuantizer has kmeans_init=True but was never initialised: call "
+                    "VectorQuantizer has init='kmeans' but was never initialised: call "
                     "init_from_data(features) or train it first"
                 )
         x = self._group(h)
@@ -261,7 +265,7 @@ class VectorQuantizer(Bottleneck):
     def forward(
         self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None
     ) -> BottleneckOutput:
-        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, heads)``."""
+        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, num_heads)``."""
         self.check_input(h)
         z, codes, losses, metrics, counts = self.quantize(h)
         return BottleneckOutput(z=z, losses=losses, codes=codes, metrics=metrics, extras={"counts": counts})
@@ -277,6 +281,21 @@ class VectorQuantizer(Bottleneck):
             offsets = torch.arange(self.groups, device=out.codes.device) * self.codebook_size
         return one_hot_units(out.codes, self.groups * self.codebook_size, offsets)
 
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (groups * codebook_size,)}`` — the codes never chosen."""
+        return {"suppressed": self.blocked.reshape(-1).clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"].view(self.groups, self.codebook_size)
+        full = g.all(-1)
+        if bool(full.any()):
+            raise ValueError(f"cannot suppress every code of codebook {int(full.nonzero()[0])}")
+        self.blocked.copy_(g)
+
+    def unit_table(self) -> Tensor:
+        """The codes ``(groups * codebook_size, code_dim)`` (a view of the codebook)."""
+        return self.codebook.data.view(self.groups * self.codebook_size, self.code_dim)
+
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
     def _update(self, x: Tensor, flat: Tensor, counts: Tensor) -> None:
@@ -287,7 +306,7 @@ class VectorQuantizer(Bottleneck):
         if int(self.steps) == 1 and not bool(self.usage.any()):
             # k-means codes start at the uniform usage; random codes at what they won in
             # this first batch, so that those far from the data are re-seeded at once
-            if self.kmeans_init:
+            if self.init == "kmeans":
                 self.usage.fill_(m / K)
             else:
                 self.usage.copy_(counts)
@@ -298,13 +317,20 @@ class VectorQuantizer(Bottleneck):
         if self.ema:
             sums = torch.zeros(G * K, d, device=x.device, dtype=x.dtype)
             sums.index_add_(0, flat.reshape(-1), x.reshape(G * m, d))
-            self.ema_count.lerp_(counts, 1.0 - self.decay)
-            self.ema_sum.lerp_(sums.view(G, K, d), 1.0 - self.decay)
-            total = self.ema_count.sum(-1, keepdim=True)
-            smoothed = (self.ema_count + self.eps) / (total + K * self.eps) * total
-            codes = self.ema_sum / smoothed.unsqueeze(-1)
+            ema_count = self.ema_count.lerp(counts, 1.0 - self.ema_decay)
+            ema_sum = self.ema_sum.lerp(sums.view(G, K, d), 1.0 - self.ema_decay)
+            total = ema_count.sum(-1, keepdim=True)
+            smoothed = (ema_count + self.eps) / (total + K * self.eps) * total
+            codes = ema_sum / smoothed.unsqueeze(-1)
             if self.distance == "cosine":
                 codes = F.normalize(codes, dim=-1)
+            if not torch.isfinite(codes).all():  # never write inf/NaN into the codebook
+                raise ValueError(
+                    f"{type(self).__name__}: the EMA codebook update overflowed (features of magnitude "
+                    f"{float(x.abs().max()):.3g}); the codebook was left unchanged"
+                )
+            self.ema_count.copy_(ema_count)
+            self.ema_sum.copy_(ema_sum)
             self.codebook.copy_(codes)
 
         if self.dead_code_threshold > 0:
@@ -328,10 +354,13 @@ class VectorQuantizer(Bottleneck):
         return stale.float().mean()
 
     def suppress(self, codes: list[int], head: int = 0, suppressed: bool = True) -> None:
-        """Never choose ``codes`` (of codebook ``head``) again, or allow them again."""
+        """Never choose ``codes`` (of codebook ``head``) again, or allow them again.
+
+        The low-level switch; on a trained model prefer the logged, reversible
+        ``suppress_codes`` edit of :mod:`bottlenecks.editing`."""
         g = 0 if self.groups == 1 else head
         if not 0 <= g < self.groups:
-            raise ValueError(f"head must lie in [0, {self.heads}), got {head}")
+            raise ValueError(f"head must lie in [0, {self.num_heads}), got {head}")
         idx = torch.as_tensor(codes, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size}), got {codes}")
@@ -352,10 +381,11 @@ class ResidualVectorQuantizer(Bottleneck):
     Args:
         in_features: width of the input features.
         num_quantizers: number of stages ``S``.
-        codebook_size, distance, ema, decay, eps, kmeans_init, kmeans_iters,
+        codebook_size, distance, ema, ema_decay, eps, init, init_iters,
         dead_code_threshold, usage_decay: as in :class:`VectorQuantizer` (one codebook per stage).
     """
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
@@ -363,10 +393,10 @@ class ResidualVectorQuantizer(Bottleneck):
         codebook_size: int = 256,
         distance: Distance = "euclidean",
         ema: bool = True,
-        decay: float = 0.99,
+        ema_decay: float = 0.99,
         eps: float = 1e-5,
-        kmeans_init: bool = True,
-        kmeans_iters: int = 10,
+        init: Literal["random", "kmeans"] = "kmeans",
+        init_iters: int = 10,
         dead_code_threshold: float = 0.0,
         usage_decay: float = 0.99,
     ) -> None:
@@ -379,8 +409,8 @@ class ResidualVectorQuantizer(Bottleneck):
         self.num_quantizers = num_quantizers
         self.stages = nn.ModuleList(
             VectorQuantizer(
-                in_features, codebook_size, heads=1, distance=distance, ema=ema, decay=decay, eps=eps,
-                kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
+                in_features, codebook_size, num_heads=1, distance=distance, ema=ema, ema_decay=ema_decay, eps=eps,
+                init=init, init_iters=init_iters,
                 dead_code_threshold=dead_code_threshold, usage_decay=usage_decay,
             )
             for _ in range(num_quantizers)
@@ -436,6 +466,19 @@ class ResidualVectorQuantizer(Bottleneck):
         offsets = torch.arange(self.num_quantizers, device=out.codes.device) * K
         return one_hot_units(out.codes, self.num_quantizers * K, offsets)
 
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (num_quantizers * codebook_size,)}``, stage by stage."""
+        return {"suppressed": torch.cat([s.unit_gates()["suppressed"] for s in self.stages])}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"]
+        parts = g.view(self.num_quantizers, -1)
+        for i, part in enumerate(parts):
+            if bool(part.all()):
+                raise ValueError(f"cannot suppress every code of stage {i}")
+        for stage, part in zip(self.stages, parts):
+            stage.set_unit_gates({"suppressed": part})
+
 
 # --------------------------------------------------------------------------- FSQ
 class FiniteScalarQuantizer(Bottleneck):
@@ -468,6 +511,12 @@ class FiniteScalarQuantizer(Bottleneck):
         self.register_buffer("_basis", basis, persistent=False)
         self.project_in = nn.Linear(in_features, len(self.levels))
         self.project_out = nn.Linear(len(self.levels), self.out_features)
+        self.register_buffer("blocked", torch.zeros(self.codebook_size, dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # checkpoints written before code suppression existed have no `blocked` buffer
+        state_dict.setdefault(prefix + "blocked", torch.zeros(self.codebook_size, dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _bound(self, u: Tensor) -> Tensor:
         """Squash ``(batch, D)`` so that rounding gives ``L_i`` values per scalar."""
@@ -479,8 +528,14 @@ class FiniteScalarQuantizer(Bottleneck):
     def quantize_scalars(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Rounded scalars in ``[-1, 1]`` ``(batch, D)`` (straight-through) and codes ``(batch,)``."""
         b = self._bound(u)
-        r = b + (torch.round(b) - b).detach()
         half_width = torch.div(self._levels, 2, rounding_mode="floor")
+        if bool(self.blocked.any()):
+            # suppressed codes: the nearest allowed point of the implicit codebook instead
+            grid = self.codes_to_scalars(torch.arange(self.codebook_size, device=b.device)) * half_width
+            dist = torch.cdist(b.detach(), grid).masked_fill(self.blocked, float("inf"))
+            codes = dist.argmin(-1)
+            return (b + (grid[codes] - b).detach()) / half_width, codes
+        r = b + (torch.round(b) - b).detach()
         digits = (torch.round(b).detach() + half_width).long()
         codes = (digits * self._basis).sum(-1)
         return r / half_width, codes
@@ -505,6 +560,16 @@ class FiniteScalarQuantizer(Bottleneck):
 
     def unit_activations(self, out: BottleneckOutput) -> Tensor:
         return one_hot_units(out.codes, self.codebook_size)
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (codebook_size,)}`` — codes replaced by the nearest allowed one."""
+        return {"suppressed": self.blocked.clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"]
+        if bool(g.all()):
+            raise ValueError("cannot suppress every code of the implicit codebook")
+        self.blocked.copy_(g)
 
     def codes_to_scalars(self, codes: Tensor) -> Tensor:
         """Code indices ``(n,)`` → their rounded scalars in ``[-1, 1]`` ``(n, D)``."""

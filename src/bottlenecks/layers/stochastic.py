@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bottlenecks.estimators.kernel import BandwidthRule
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, Units
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput, UnitReadout, Units
+from bottlenecks.naming import accepts_renamed
 from bottlenecks.layers.blocks import activation as make_activation
 from bottlenecks.layers.blocks import mlp
 from bottlenecks.losses.contrastive_vib import gate_compression, info_nce
@@ -55,9 +56,9 @@ class GaussianBottleneck(Bottleneck):
         hidden: hidden widths of the encoder MLP (empty = linear).
         activation: ``"relu"``, ``"tanh"`` or ``"gelu"``.
         prior: ``"standard"`` N(0, I); ``"learned"`` diagonal Gaussian with learned mean and
-            scale (analytic KL); ``"mixture"`` a learned mixture of ``n_components`` diagonal
+            scale (analytic KL); ``"mixture"`` a learned mixture of ``num_components`` diagonal
             Gaussians (KL estimated with the reparameterised sample).
-        n_components: mixture size for ``prior="mixture"``.
+        num_components: mixture size for ``prior="mixture"``.
         std_offset, min_std: see above.
         sample_eval: sample ``z`` at evaluation too.
 
@@ -66,6 +67,7 @@ class GaussianBottleneck(Bottleneck):
     metric ``std_mean``. Units: the ``out_features`` latent dimensions, read as ``mu``.
     """
 
+    @accepts_renamed
     def __init__(
         self,
         in_features: int,
@@ -73,7 +75,7 @@ class GaussianBottleneck(Bottleneck):
         hidden: list[int] | None = None,
         activation: Activation = "relu",
         prior: Literal["standard", "learned", "mixture"] = "standard",
-        n_components: int = 8,
+        num_components: int = 8,
         std_offset: float = 5.0,
         min_std: float = 1e-4,
         sample_eval: bool = False,
@@ -94,12 +96,12 @@ class GaussianBottleneck(Bottleneck):
             self.prior_mu = nn.Parameter(torch.zeros(out_features))
             self.prior_log_std = nn.Parameter(torch.zeros(out_features))
         elif prior == "mixture":
-            if n_components < 1:
-                raise ValueError(f"n_components must be >= 1, got {n_components}")
+            if num_components < 1:
+                raise ValueError(f"num_components must be >= 1, got {num_components}")
             g = torch.Generator().manual_seed(0)
-            self.prior_means = nn.Parameter(torch.randn(n_components, out_features, generator=g))
-            self.prior_log_stds = nn.Parameter(torch.zeros(n_components, out_features))
-            self.prior_logits = nn.Parameter(torch.zeros(n_components))
+            self.prior_means = nn.Parameter(torch.randn(num_components, out_features, generator=g))
+            self.prior_log_stds = nn.Parameter(torch.zeros(num_components, out_features))
+            self.prior_logits = nn.Parameter(torch.zeros(num_components))
 
     def encode(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, std)``, each ``(batch, out_features)``."""
@@ -210,6 +212,14 @@ class CSIBBottleneck(Bottleneck):
 
     def units(self) -> Units:
         return Units("latent", tuple(f"t{i}" for i in range(self.latent_dim)))
+
+    def unit_readout(self) -> UnitReadout | None:
+        """Unit ``t{i}`` is input column ``i`` of the decoder, when the decoder is one Linear
+        (no ``decoder_hidden``)."""
+        layers = list(self.decoder) if isinstance(self.decoder, nn.Sequential) else [self.decoder]
+        if len(layers) == 1 and isinstance(layers[0], nn.Linear):
+            return UnitReadout(tuple((i,) for i in range(self.latent_dim)), linear=layers[0])
+        return None
 
     def unit_activations(self, out: BottleneckOutput) -> Tensor:
         return out.extras["t"]

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from bottlenecks.layers.codebook_features import CodebookFeatures
 from bottlenecks.layers.codes import Distance
+from bottlenecks.naming import accepts_renamed
 
 
 def _key(name: str) -> str:
@@ -47,7 +48,7 @@ class CodebookModel(nn.Module):
     The wrapped network is unchanged; each hooked layer's output (a tensor
     ``(..., width)`` or a tuple whose first item is one) is replaced by its codebook's
     output. After every forward pass, :attr:`codes` maps each layer name to the active
-    codes ``(..., k)`` and :meth:`codebook_losses` gives the summed unweighted losses.
+    codes ``(..., top_k)`` and :meth:`codebook_losses` gives the summed unweighted losses.
 
     Built by :func:`insert_codebooks`. ``bypass=True`` leaves outputs untouched (codes
     are still recorded).
@@ -81,11 +82,11 @@ class CodebookModel(nn.Module):
                 raise TypeError(f"layer {name!r} returned {type(hidden).__name__}; a codebook needs a tensor")
             flat = hidden.reshape(-1, hidden.shape[-1])
             if self.bypass:
-                self.codes[name] = cb.select(flat).reshape(*hidden.shape[:-1], cb.k)
+                self.codes[name] = cb.select(flat).reshape(*hidden.shape[:-1], cb.top_k)
                 self._losses[name] = {}
                 return None
             out = cb(flat)
-            self.codes[name] = out.codes.reshape(*hidden.shape[:-1], cb.k)
+            self.codes[name] = out.codes.reshape(*hidden.shape[:-1], cb.top_k)
             self._losses[name] = out.losses
             z = out.z.reshape(hidden.shape)
             return (z, *output[1:]) if isinstance(output, tuple) else z
@@ -138,12 +139,13 @@ class CodebookModel(nn.Module):
         return self.model
 
 
+@accepts_renamed
 def insert_codebooks(
     model: nn.Module,
     layers: list[str],
     codebook_size: int = 1024,
-    k: int = 8,
-    similarity: Distance = "cosine",
+    top_k: int = 8,
+    distance: Distance = "cosine",
     dead_code_threshold: float = 0.0,
     widths: dict[str, int] | None = None,
 ) -> CodebookModel:
@@ -152,7 +154,7 @@ def insert_codebooks(
     Args:
         model: any network.
         layers: dotted names of submodules (as in ``model.named_modules()``).
-        codebook_size, k, similarity, dead_code_threshold: settings of every codebook
+        codebook_size, top_k, distance, dead_code_threshold: settings of every codebook
             (see :class:`CodebookFeatures`).
         widths: output width per layer where it cannot be read from the module
             (``out_features``, ``embedding_dim``, ``normalized_shape``, ...).
@@ -171,6 +173,6 @@ def insert_codebooks(
             raise ValueError(f"no submodule named {name!r} in {type(model).__name__}; similar names: {close}")
         width = widths.get(name) or _infer_width(modules[name], name)
         books[name] = CodebookFeatures(
-            width, codebook_size=codebook_size, k=k, similarity=similarity, dead_code_threshold=dead_code_threshold
+            width, codebook_size=codebook_size, top_k=top_k, distance=distance, dead_code_threshold=dead_code_threshold
         )
     return CodebookModel(model, books)

@@ -23,6 +23,10 @@ from bottlenecks.layers.blocks import mlp
 
 Task = Literal["classification", "regression"]
 
+#: Version of the checkpoint layout this code writes. 1: bottlenecks 0.1 (no stamp; option
+#: names before the unified vocabulary); 2: bottlenecks 0.2 (edit log, unified names).
+CHECKPOINT_FORMAT = 2
+
 __all__ = ["BottleneckModel", "FeatureNorm", "masked_concept_bce"]
 
 
@@ -152,20 +156,13 @@ class BottleneckModel(L.LightningModule):
             )
 
         self.task_metrics = nn.ModuleDict({s: task_metrics() for s in ("train_", "val_", "test_")})
-        n = self.bottleneck.n_concepts
+        n = self.bottleneck.num_concepts
         self.concept_metrics = nn.ModuleDict()
         if n > 0:
+            from bottlenecks.models.concept_metrics import ConceptMetrics
+
             for s in ("val_", "test_"):
-                self.concept_metrics[s] = torchmetrics.MetricCollection(
-                    {
-                        "concept_acc": torchmetrics.classification.MultilabelAccuracy(
-                            n, average=None, ignore_index=-1
-                        ),
-                        "concept_auroc": torchmetrics.classification.MultilabelAUROC(
-                            n, average=None, ignore_index=-1
-                        ),
-                    }
-                )
+                self.concept_metrics[s] = ConceptMetrics(n)
 
     # ------------------------------------------------------------------ forward
     def encode(self, x: Tensor) -> Tensor:
@@ -248,9 +245,7 @@ class BottleneckModel(L.LightningModule):
         metrics = self.task_metrics[f"{stage}_"]
         metrics.update(y_hat.detach(), batch["y"])
         if f"{stage}_" in self.concept_metrics and out.concepts is not None and batch.get("concepts") is not None:
-            target = batch["concepts"]
-            target = torch.where(torch.isnan(target), torch.full_like(target, -1), target).long()
-            self.concept_metrics[f"{stage}_"].update(out.concepts.detach().float(), target)
+            self.concept_metrics[f"{stage}_"].update(out.concepts.detach().float(), batch["concepts"])
         for name, value in out.metrics.items():
             v = torch.as_tensor(value).detach().float().reshape(()) * bs
             sums[name] = sums[name] + v if name in sums else v
@@ -289,10 +284,12 @@ class BottleneckModel(L.LightningModule):
         self.task_metrics[key].reset()
         concept_metrics = self.concept_metrics[key] if key in self.concept_metrics else None
         # (no update: the data of this stage has no concept labels)
-        if concept_metrics is not None and any(m.update_count for m in concept_metrics.values()):
+        if concept_metrics is not None and concept_metrics.update_count:
             per_concept = self.concept_metrics[key].compute()
             for name, value in per_concept.items():
-                self.log(f"{stage}/{name}", value.mean())
+                # NaN: a concept without labels (or, for AUROC, with one class) in this split
+                if not torch.isnan(value).all():
+                    self.log(f"{stage}/{name}", value.nanmean())
             if stage == "test":
                 self.test_concept_metrics = {k: v.detach().cpu() for k, v in per_concept.items()}
             self.concept_metrics[key].reset()
@@ -305,6 +302,49 @@ class BottleneckModel(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
+
+    # -------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from bottlenecks import __version__
+
+        checkpoint["bottlenecks"] = {"version": __version__, "format": CHECKPOINT_FORMAT}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_format(checkpoint)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> BottleneckModel:
+        """Load a model from a checkpoint, safely (``weights_only=True``, nothing else).
+
+        A checkpoint from bottlenecks 0.1 loads too: options renamed since are rewritten
+        (:mod:`bottlenecks.naming`); one from a newer release fails with a message naming
+        both versions.
+        """
+        import io
+
+        if kwargs.pop("weights_only", True) is False:
+            raise ValueError("checkpoints load with weights_only=True only; a pickle could run code")
+        from bottlenecks.checkpoints import load_checkpoint_file
+
+        checkpoint = load_checkpoint_file(checkpoint_path)
+        check_checkpoint_format(checkpoint, str(checkpoint_path))
+        if "hyper_parameters" in checkpoint:
+            from bottlenecks.naming import upgrade_config
+
+            upgrade_config(checkpoint["hyper_parameters"])
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        return super().load_from_checkpoint(
+            buffer, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=True, **kwargs
+        )
 
     # ------------------------------------------------------------------- stages
     def on_fit_start(self) -> None:
@@ -370,6 +410,39 @@ class BottleneckModel(L.LightningModule):
         y = torch.cat(ys)[:n] if len(ys) == len(xs) else None
         return torch.cat(xs)[:n], c, y
 
+    # ------------------------------------------------------------------ editing
+    @property
+    def edits(self) -> Any:
+        """The model's :class:`~bottlenecks.editing.EditLog`: apply, undo, redo, list, diff."""
+        from bottlenecks.editing.log import edit_log
+
+        return edit_log(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the edit log as plain data (it loads with ``weights_only=True``)."""
+        log = self.__dict__.get("_edit_log")
+        if log is not None and (log.applied or log.undone):
+            checkpoint["edit_log"] = log.state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the parameters are loaded after this hook: the log is attached in load_state_dict
+        self.__dict__["_pending_edit_log"] = checkpoint.get("edit_log", {})
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        pending = self.__dict__.pop("_pending_edit_log", None)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if pending is not None:  # loading a checkpoint: its edit log replaces the current one
+            from bottlenecks.editing.log import EditLog
+
+            log = EditLog(self)
+            if pending:
+                log.load_state(pending)
+            old = self.__dict__.get("_edit_log")
+            for edit in old.applied if old is not None else []:
+                edit._detach()
+            self.__dict__["_edit_log"] = log
+        return result
+
     # -------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -395,3 +468,20 @@ class BottleneckModel(L.LightningModule):
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_checkpoint_format(checkpoint: dict[str, Any], where: str = "the checkpoint") -> int:
+    """The checkpoint's layout version; a clear error when this code cannot read it."""
+    from bottlenecks import __version__
+
+    stamp = checkpoint.get("bottlenecks")
+    if stamp is None:
+        return 1  # bottlenecks 0.1 wrote no stamp; renamed options are upgraded on load
+    fmt = int(stamp.get("format", 0)) if isinstance(stamp, dict) else 0
+    if fmt > CHECKPOINT_FORMAT or fmt < 1:
+        raise ValueError(
+            f"{where} was written by bottlenecks {stamp.get('version', '?') if isinstance(stamp, dict) else '?'} "
+            f"(checkpoint format {fmt}); this is bottlenecks {__version__}, which reads formats 1 to "
+            f"{CHECKPOINT_FORMAT}: upgrade bottlenecks to load it"
+        )
+    return fmt

@@ -226,7 +226,7 @@ class TrainingStages(Callback):
         needing = [s for s in self.stages if s.needs_concepts]
         if not needing:
             return
-        if not bottleneck.n_concepts:
+        if not bottleneck.num_concepts:
             raise ValueError(
                 self._no_concepts_message(needing[0], f"the bottleneck {type(bottleneck).__name__} has no concepts")
             )

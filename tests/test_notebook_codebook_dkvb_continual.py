@@ -1,0 +1,9 @@
+"""examples/codebook_dkvb_continual.ipynb runs top to bottom, offline (see _notebooks.py)."""
+
+import pytest
+from _notebooks import run_notebook
+
+
+@pytest.mark.slow
+def test_notebook_runs(tmp_path):
+    run_notebook("codebook_dkvb_continual.ipynb", tmp_path)
