@@ -151,7 +151,7 @@ def sae(seeds: int) -> None:
                 codes[i, torch.randperm(24, generator=g)[:3]] = 0.5 + torch.rand(3, generator=g)
             x = codes @ atoms + 0.02 * torch.randn(4000, 32, generator=g)
             torch.manual_seed(seed)
-            model = SparseAutoencoder(32, 48, sparsity=sparsity, k=3, l1_coeff=coeff)
+            model = SparseAutoencoder(32, 48, sparsity=sparsity, top_k=3, l1_coeff=coeff)
             t0 = time.perf_counter()
             hist = model.fit(x, epochs=25, lr=3e-3, resample_every=100, seed=seed)
             secs.append(time.perf_counter() - t0)

@@ -136,7 +136,7 @@ def _build(cls):
     if name in ("LaBoBottleneck", "DiscoverThenNameCBM"):
         kw["num_classes"] = 3
     if name == "DiscoverThenNameCBM":
-        kw.update(n_units=16, k=4, sae_epochs=2, vocabulary=["p", "q"], vocabulary_vectors=torch.randn(2, 12))
+        kw.update(num_units=16, top_k=4, sae_epochs=2, vocabulary=["p", "q"], vocabulary_vectors=torch.randn(2, 12))
     return cls(**kw)
 
 

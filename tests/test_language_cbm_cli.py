@@ -41,7 +41,7 @@ BOTTLENECKS = {
                            "class_concepts": {f"{c} {s}": [c, s] for s in ("circle", "square", "triangle")
                                               for c in ("red", "green", "blue")}}},
     "dn_cbm": {"class_path": "bottlenecks.layers.sparse_autoencoder.DiscoverThenNameCBM",
-               "init_args": {"n_units": 16, "k": 4, "sae_epochs": 3,
+               "init_args": {"num_units": 16, "top_k": 4, "sae_epochs": 3,
                              "vocabulary": ["red", "green", "blue", "circle", "square", "triangle", "dog"]}},
 }
 

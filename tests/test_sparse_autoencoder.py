@@ -29,7 +29,7 @@ def dictionary():
 def test_sae_recovers_the_planted_atoms_and_names_them(dictionary, sparsity, coeff):
     x, atoms = dictionary
     torch.manual_seed(0)
-    sae = SparseAutoencoder(32, 48, sparsity=sparsity, k=3, l1_coeff=coeff)
+    sae = SparseAutoencoder(32, 48, sparsity=sparsity, top_k=3, l1_coeff=coeff)
     hist = sae.fit(x, epochs=25, lr=3e-3, resample_every=100)
     assert hist["reconstruction"] < 0.1 and hist["l0"] < 6
     cos, unit = (atoms @ sae.directions().T).max(1)
@@ -75,7 +75,7 @@ def test_discover_then_name_cbm_names_units_and_intervenes_by_name():
     x = codes @ vectors + 0.03 * torch.randn(n, 32, generator=g)
     vocab = names + [f"distractor{j}" for j in range(20)]
     vocab_vectors = torch.cat([vectors, F.normalize(torch.randn(20, 32, generator=g), dim=1)])
-    layer = DiscoverThenNameCBM(32, 6, n_units=36, sparsity="topk", k=3, sae_epochs=40, sae_lr=3e-3, sae_batch_size=128,
+    layer = DiscoverThenNameCBM(32, 6, num_units=36, sparsity="topk", top_k=3, sae_epochs=40, sae_lr=3e-3, sae_batch_size=128,
                                 resample_every=100, vocabulary=vocab, vocabulary_vectors=vocab_vectors)
     model = BottleneckModel(layer, num_classes=6, standardize_features=False, loss_weights={"probe_l1": 1e-2})
     train(model, x[:1000], y[:1000], epochs=30, lr=1e-2)
@@ -102,7 +102,7 @@ def test_discover_then_name_cbm_names_units_and_intervenes_by_name():
     x_check = x[:10]
 
     # names and the fitted SAE survive a checkpoint's state dict
-    fresh = DiscoverThenNameCBM(32, 6, n_units=36, sparsity="topk", k=3, vocabulary=vocab)
+    fresh = DiscoverThenNameCBM(32, 6, num_units=36, sparsity="topk", top_k=3, vocabulary=vocab)
     fresh.load_state_dict(layer.state_dict())
     fresh.eval()
     assert fresh.units() == units
@@ -111,12 +111,12 @@ def test_discover_then_name_cbm_names_units_and_intervenes_by_name():
 
 def test_bad_vocabulary_and_too_many_units():
     with pytest.raises(ValueError, match="vocabulary.*repeated"):
-        DiscoverThenNameCBM(8, 2, n_units=4, vocabulary=["a", "a"])
-    layer = DiscoverThenNameCBM(8, 2, n_units=4, k=2, sae_epochs=1, vocabulary=["a", "b"],
+        DiscoverThenNameCBM(8, 2, num_units=4, vocabulary=["a", "a"])
+    layer = DiscoverThenNameCBM(8, 2, num_units=4, top_k=2, sae_epochs=1, vocabulary=["a", "b"],
                                 vocabulary_vectors=torch.randn(2, 16))
     with pytest.raises(ValueError, match="16-dimensional but the image features are 8"):
         layer.init_from_data(torch.randn(50, 8))
     with pytest.warns(UserWarning, match="64 SAE units but only 20 training features"):
-        DiscoverThenNameCBM(8, 2, n_units=64, k=2, sae_epochs=1).init_from_data(torch.randn(20, 8))
+        DiscoverThenNameCBM(8, 2, num_units=64, top_k=2, sae_epochs=1).init_from_data(torch.randn(20, 8))
     with pytest.raises(ValueError, match="no text encoder"):
-        DiscoverThenNameCBM(8, 2, n_units=4, k=2, sae_epochs=1, vocabulary=["a"]).init_from_data(torch.randn(50, 8))
+        DiscoverThenNameCBM(8, 2, num_units=4, top_k=2, sae_epochs=1, vocabulary=["a"]).init_from_data(torch.randn(50, 8))

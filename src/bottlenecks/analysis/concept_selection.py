@@ -12,8 +12,8 @@ adopts them unchanged):
   *discriminability* term plus a facility-location *coverage* term (which rewards a
   diverse subset: a second copy of a concept covers nothing new).
 
-Shapes: ``vectors (n_concepts, d)`` text embeddings; ``image_features (n, d)`` image
-embeddings in the same space; ``sims (n, n_concepts)`` image–concept similarities.
+Shapes: ``vectors (num_concepts, d)`` text embeddings; ``image_features (n, d)`` image
+embeddings in the same space; ``sims (n, num_concepts)`` image–concept similarities.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def check_widths(image_dim: int, text_dim: int, what: str = "concept vectors") -
 
 
 def concept_similarities(image_features: Tensor, vectors: Tensor) -> Tensor:
-    """Cosine similarities ``(n, n_concepts)`` of image embeddings and concept vectors."""
+    """Cosine similarities ``(n, num_concepts)`` of image embeddings and concept vectors."""
     check_widths(image_features.shape[1], vectors.shape[1])
     return F.normalize(image_features.float(), dim=1) @ F.normalize(vectors.float(), dim=1).T
 
@@ -133,7 +133,7 @@ def filter_concepts(
     """Label-free CBM's concept filters, in its order.
 
     Args:
-        names, vectors: the candidate concepts ``(n_concepts, d)`` (text embeddings).
+        names, vectors: the candidate concepts ``(num_concepts, d)`` (text embeddings).
         class_names, class_vectors: the classes' text embeddings ``(n_classes, d)``; a concept
             whose cosine to a class exceeds ``class_similarity`` is dropped (it names the label).
         image_features: ``(n, d)`` image embeddings in the text space; a concept whose mean
@@ -205,7 +205,7 @@ def filter_concepts(
 
 # ------------------------------------------------------------------------- selection
 def class_affinity(sims: Tensor, y: Tensor, n_classes: int | None = None, temperature: float = 1.0) -> Tensor:
-    """LaBo's normalised class–concept affinity ``Sim'(y | c)``: ``(n_classes, n_concepts)``,
+    """LaBo's normalised class–concept affinity ``Sim'(y | c)``: ``(n_classes, num_concepts)``,
     each column a distribution over classes.
 
     The mean image similarity of each class to each concept, z-scored across classes per
@@ -223,7 +223,7 @@ def class_affinity(sims: Tensor, y: Tensor, n_classes: int | None = None, temper
 
 
 def discriminability(sims: Tensor, y: Tensor, n_classes: int | None = None, temperature: float = 1.0) -> Tensor:
-    """LaBo's discriminability ``D(c) = log K - H(Sim'(. | c))`` ``(n_concepts,)``: 0 for a concept
+    """LaBo's discriminability ``D(c) = log K - H(Sim'(. | c))`` ``(num_concepts,)``: 0 for a concept
     that scores every class alike, ``log K`` for one that points at a single class."""
     p = class_affinity(sims, y, n_classes, temperature)
     return (p * p.clamp_min(1e-12).log()).sum(0) + torch.log(torch.tensor(float(p.shape[0])))
@@ -260,9 +260,9 @@ def submodular_select(
     monotone submodular, so greedy picking is within ``1 - 1/e`` of the best subset.
 
     Args:
-        vectors: ``(n_concepts, d)`` concept text embeddings.
+        vectors: ``(num_concepts, d)`` concept text embeddings.
         k: subset size.
-        scores: ``(n_concepts,)`` discriminability (e.g. :func:`discriminability`); None
+        scores: ``(num_concepts,)`` discriminability (e.g. :func:`discriminability`); None
             selects by coverage alone.
         alpha, beta: weights of discriminability and coverage.
         candidates: restrict the selection to these indices (LaBo: one class's concepts).
@@ -318,8 +318,8 @@ def select_per_class(
 
     Args:
         class_concepts: class name → its candidate concept names (each in ``names``).
-        names, vectors: the full concept set ``(n_concepts, d)``.
-        sims, y: image–concept similarities ``(n, n_concepts)`` and class indices ``(n,)``
+        names, vectors: the full concept set ``(num_concepts, d)``.
+        sims, y: image–concept similarities ``(n, num_concepts)`` and class indices ``(n,)``
             (index ``i`` is ``class_names[i]``); without them, coverage alone decides.
         class_names: class order of ``y`` (default: the order of ``class_concepts``).
 

@@ -5,7 +5,7 @@ learning concepts from labels:
 
 * :class:`LanguageConceptLayer` — the shared part: the concept texts' vectors (given, or
   encoded at fit start by the paired text encoder) and the image embedding in the text
-  space, ``sims(h) = cos(image(h), t_c)`` ``(batch, n_concepts)``.
+  space, ``sims(h) = cos(image(h), t_c)`` ``(batch, num_concepts)``.
 * :class:`LabelFreeCBM` (Oikarinen et al., 2023) — a linear concept layer ``W_c h``
   trained so that each concept's activations over a batch match the image–text
   similarities under the cos³ similarity (the projection loss); the head reads the
@@ -78,8 +78,8 @@ def fit_image_to_text(h: Tensor, concepts: Tensor, concept_vectors: Tensor, ridg
 
 
 def cos3_similarity(q: Tensor, p: Tensor, eps: float = 1e-8) -> Tensor:
-    """Label-free CBM's cos³ similarity of each column of ``q`` and ``p`` ``(batch, n_concepts)``:
-    standardise each column over the batch, cube it, take the cosine. ``(n_concepts,)``.
+    """Label-free CBM's cos³ similarity of each column of ``q`` and ``p`` ``(batch, num_concepts)``:
+    standardise each column over the batch, cube it, take the cosine. ``(num_concepts,)``.
 
     Cubing emphasises the images that activate a concept most, which is what a concept's
     name describes."""
@@ -97,7 +97,7 @@ class LanguageConceptLayer(ConceptLayer):
     Args:
         in_features: image feature width.
         concept_names: the concept texts (linked from the data when it has concept labels).
-        concept_vectors: ``(n_concepts, d_text)`` their text embeddings (e.g. a concept bank's
+        concept_vectors: ``(num_concepts, d_text)`` their text embeddings (e.g. a concept bank's
             vectors); None: encoded at fit start by the data's text encoder.
         prompt: template the text encoder reads for each concept (``"a photo of {}"``).
         image_to_text: ``"identity"`` (image and text share a space: CLIP) or
@@ -182,15 +182,15 @@ class LanguageConceptLayer(ConceptLayer):
             self.image_proj = torch.empty(0, device=h.device)
         else:
             self.image_proj = fit_image_to_text(h, concepts, vec, self.ridge).to(h.device)
-        if self.n_concepts > self.in_features:
+        if self.num_concepts > self.in_features:
             warnings.warn(
-                f"{type(self).__name__}: {self.n_concepts} concepts but only {self.in_features}-dimensional "
+                f"{type(self).__name__}: {self.num_concepts} concepts but only {self.in_features}-dimensional "
                 f"features: at most {self.in_features} concept activations are linearly independent",
                 stacklevel=2,
             )
-        if self.learns_concept_layer and self.n_concepts > h.shape[0]:
+        if self.learns_concept_layer and self.num_concepts > h.shape[0]:
             warnings.warn(
-                f"{type(self).__name__}: {self.n_concepts} concepts but only {h.shape[0]} training images; "
+                f"{type(self).__name__}: {self.num_concepts} concepts but only {h.shape[0]} training images; "
                 "the data cannot support that many concepts (filter or select a smaller set)",
                 stacklevel=2,
             )
@@ -199,14 +199,14 @@ class LanguageConceptLayer(ConceptLayer):
             self._init_statistics(h, self.similarities(h), concepts, y)
 
     def _init_statistics(self, h: Tensor, sims: Tensor, concepts: Tensor | None, y: Tensor | None) -> None:
-        """Subclass hook: statistics from the training sample's similarities ``(n, n_concepts)``."""
+        """Subclass hook: statistics from the training sample's similarities ``(n, num_concepts)``."""
 
     def image_embedding(self, h: Tensor) -> Tensor:
         """Image features in the text space ``(batch, d_text)``."""
         return h if self.image_to_text == "identity" else h @ self.image_proj
 
     def similarities(self, h: Tensor) -> Tensor:
-        """Image–concept cosine similarities ``(batch, n_concepts)``."""
+        """Image–concept cosine similarities ``(batch, num_concepts)``."""
         if not bool(self.initialised):
             raise RuntimeError(
                 f"{type(self).__name__} has no text space yet: init_from_data must run first (the model "
@@ -226,7 +226,7 @@ class LanguageConceptLayer(ConceptLayer):
 class LabelFreeCBM(LanguageConceptLayer):
     """Label-free CBM (Oikarinen et al., 2023): a concept layer aligned to image–text similarities.
 
-    ``q = W_c h`` ``(batch, n_concepts)`` is trained with the cos³ projection loss
+    ``q = W_c h`` ``(batch, num_concepts)`` is trained with the cos³ projection loss
     ``-mean_c cos³(q[:, c], sims[:, c])`` (loss name ``"projection"``); the head reads
     ``sigmoid(BatchNorm(q))`` — the concept activations standardised with running
     statistics, as probabilities, so interventions set them like any concept unit.
@@ -250,10 +250,10 @@ class LabelFreeCBM(LanguageConceptLayer):
         detach: bool = True,
     ) -> None:
         super().__init__(in_features, concept_names, concept_vectors, prompt, image_to_text, ridge)
-        self.out_features = self.n_concepts
+        self.out_features = self.num_concepts
         self.detach = detach
-        self.projection = nn.Linear(self.in_features, self.n_concepts, bias=False)
-        self.norm = nn.BatchNorm1d(self.n_concepts, affine=False)
+        self.projection = nn.Linear(self.in_features, self.num_concepts, bias=False)
+        self.norm = nn.BatchNorm1d(self.num_concepts, affine=False)
 
     def forward(self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None) -> BottleneckOutput:
         self.check_input(h)
@@ -289,7 +289,7 @@ class LaBoBottleneck(LanguageConceptLayer):
 
     Concept probabilities are ``sigmoid`` of the image–concept similarities standardised with
     the training sample's statistics; class logits are
-    ``scale * probs @ softmax(W, dim=1).T`` with ``W`` ``(num_classes, n_concepts)``
+    ``scale * probs @ softmax(W, dim=1).T`` with ``W`` ``(num_classes, num_concepts)``
     initialised to ``prior_strength`` where the language model listed a concept for a class
     (``class_concepts``) and 0 elsewhere — at step 0 the model already classifies by
     "which of my concepts are present"; training (few shots suffice) re-weights.
@@ -324,7 +324,7 @@ class LaBoBottleneck(LanguageConceptLayer):
             raise ValueError(f"LaBoBottleneck needs num_classes >= 2, got {num_classes}")
         self.num_classes = int(num_classes)
         self.out_features = self.num_classes
-        prior = torch.zeros(self.num_classes, self.n_concepts)
+        prior = torch.zeros(self.num_classes, self.num_concepts)
         if class_concepts:
             order = list(class_names) if class_names is not None else list(class_concepts)
             if len(order) != self.num_classes:
@@ -344,15 +344,15 @@ class LaBoBottleneck(LanguageConceptLayer):
                     prior[order.index(cls), pos[n]] = 1.0
         self.weight = nn.Parameter(prior * prior_strength)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.register_buffer("sim_mean", torch.zeros(self.n_concepts))
-        self.register_buffer("sim_std", torch.ones(self.n_concepts))
+        self.register_buffer("sim_mean", torch.zeros(self.num_concepts))
+        self.register_buffer("sim_std", torch.ones(self.num_concepts))
 
     def _init_statistics(self, h: Tensor, sims: Tensor, concepts: Tensor | None, y: Tensor | None) -> None:
         self.sim_mean.copy_(sims.mean(0))
         self.sim_std.copy_(sims.std(0) + 1e-6 if len(sims) > 1 else torch.ones_like(self.sim_std))
 
     def class_concept_weights(self) -> Tensor:
-        """``(num_classes, n_concepts)``: each class's distribution over concepts."""
+        """``(num_classes, num_concepts)``: each class's distribution over concepts."""
         return torch.softmax(self.weight, dim=1)
 
     def forward(self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None) -> BottleneckOutput:
@@ -364,4 +364,4 @@ class LaBoBottleneck(LanguageConceptLayer):
         return BottleneckOutput(z=y, concepts=logits, probs=probs)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, n_concepts={self.n_concepts}, num_classes={self.num_classes}"
+        return f"in_features={self.in_features}, num_concepts={self.num_concepts}, num_classes={self.num_classes}"

@@ -12,7 +12,7 @@
 at fit start (``init_from_data``: the task-agnostic step, on the training sample and the
 data's text encoder), then frozen; training fits the probe (loss ``"probe_l1"`` is its
 ℓ1). Its units (kind ``"sae"``) carry the names, and ``forward(h, concepts=values,
-intervention_mask=mask)`` sets unit activations ``(batch, n_units)`` — the handle for
+intervention_mask=mask)`` sets unit activations ``(batch, num_units)`` — the handle for
 interventions by name (``units().index("red")``).
 """
 
@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bottlenecks.analysis.concept_selection import check_concept_set, check_widths
-from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, apply_intervention
+from bottlenecks.layers.base import (
+    Bottleneck,
+    BottleneckOutput,
+    TextEncoder,
+    UnitReadout,
+    Units,
+    apply_intervention,
+)
 from bottlenecks.layers.label_free import ImageToText, fit_image_to_text
 
 Sparsity = Literal["l1", "topk"]
@@ -40,39 +47,39 @@ class SparseAutoencoder(nn.Module):
 
     Args:
         in_features: feature width ``d``.
-        n_units: dictionary size (units).
-        sparsity: ``"l1"`` (ReLU + ℓ1 penalty ``l1_coeff``) or ``"topk"`` (keep the ``k``
+        num_units: dictionary size (units).
+        sparsity: ``"l1"`` (ReLU + ℓ1 penalty ``l1_coeff``) or ``"topk"`` (keep the ``top_k``
             largest ReLU activations per input, no penalty).
         l1_coeff: ℓ1 weight, relative to the normalised reconstruction error.
-        k: active units per input for ``"topk"``.
+        top_k: active units per input for ``"topk"``.
 
-    Shapes: ``x (n, d)`` → ``encode`` ``(n, n_units)`` → ``decode`` ``(n, d)``.
+    Shapes: ``x (n, d)`` → ``encode`` ``(n, num_units)`` → ``decode`` ``(n, d)``.
     """
 
     def __init__(
-        self, in_features: int, n_units: int, sparsity: Sparsity = "l1", l1_coeff: float = 3e-3, k: int = 8
+        self, in_features: int, num_units: int, sparsity: Sparsity = "l1", l1_coeff: float = 3e-3, top_k: int = 8
     ) -> None:
         super().__init__()
         if sparsity not in ("l1", "topk"):
             raise ValueError(f"sparsity must be 'l1' or 'topk', got {sparsity!r}")
-        if n_units < 1 or in_features < 1:
-            raise ValueError(f"in_features and n_units must be positive, got {in_features}, {n_units}")
-        if sparsity == "topk" and not 1 <= k <= n_units:
-            raise ValueError(f"k must lie in [1, n_units={n_units}], got {k}")
-        self.in_features, self.n_units = int(in_features), int(n_units)
-        self.sparsity, self.l1_coeff, self.k = sparsity, float(l1_coeff), int(k)
-        dec = F.normalize(torch.randn(in_features, n_units), dim=0)
+        if num_units < 1 or in_features < 1:
+            raise ValueError(f"in_features and num_units must be positive, got {in_features}, {num_units}")
+        if sparsity == "topk" and not 1 <= top_k <= num_units:
+            raise ValueError(f"top_k must lie in [1, num_units={num_units}], got {top_k}")
+        self.in_features, self.num_units = int(in_features), int(num_units)
+        self.sparsity, self.l1_coeff, self.top_k = sparsity, float(l1_coeff), int(top_k)
+        dec = F.normalize(torch.randn(in_features, num_units), dim=0)
         self.W_dec = nn.Parameter(dec)
         self.W_enc = nn.Parameter(dec.T.clone())
-        self.b_enc = nn.Parameter(torch.zeros(n_units))
+        self.b_enc = nn.Parameter(torch.zeros(num_units))
         self.b_dec = nn.Parameter(torch.zeros(in_features))
         self.register_buffer("scale", torch.ones(()))  # mean input norm, for scale-free losses
 
     def encode(self, x: Tensor) -> Tensor:
-        """Unit activations ``(n, n_units)``, non-negative."""
+        """Unit activations ``(n, num_units)``, non-negative."""
         f = F.relu((x - self.b_dec) @ self.W_enc.T + self.b_enc)
         if self.sparsity == "topk":
-            top = f.topk(self.k, dim=1)
+            top = f.topk(self.top_k, dim=1)
             f = torch.zeros_like(f).scatter_(1, top.indices, top.values)
         return f
 
@@ -81,7 +88,7 @@ class SparseAutoencoder(nn.Module):
         return f @ self.W_dec.T + self.b_dec
 
     def directions(self) -> Tensor:
-        """Unit directions in feature space ``(n_units, d)`` (unit-norm decoder columns)."""
+        """Unit directions in feature space ``(num_units, d)`` (unit-norm decoder columns)."""
         return F.normalize(self.W_dec.detach(), dim=0).T
 
     def losses(self, x: Tensor) -> dict[str, Tensor]:
@@ -141,7 +148,7 @@ class SparseAutoencoder(nn.Module):
         self, x: Tensor, epochs: int, batch_size: int, lr: float, resample_every: int | None, g: torch.Generator
     ) -> tuple[int, int]:
         opt = torch.optim.Adam(self.parameters(), lr=lr)
-        fired = torch.zeros(self.n_units, dtype=torch.bool)
+        fired = torch.zeros(self.num_units, dtype=torch.bool)
         step, resampled = 0, 0
         for _ in range(epochs):
             perm = torch.randperm(len(x), generator=g)
@@ -169,7 +176,7 @@ class SparseAutoencoder(nn.Module):
         err = self.losses(sample)["per_sample"].cpu()
         pick = torch.multinomial(err.pow(2) + 1e-12, len(dead), replacement=len(dead) > len(err), generator=g)
         dirs = F.normalize(sample[pick] - self.b_dec, dim=1)  # (n_dead, d)
-        alive = torch.ones(self.n_units, dtype=torch.bool)
+        alive = torch.ones(self.num_units, dtype=torch.bool)
         alive[dead] = False
         enc_norm = self.W_enc[alive].norm(dim=1).mean() if alive.any() else torch.tensor(1.0)
         self.W_dec[:, dead] = dirs.T
@@ -183,12 +190,12 @@ def name_units(
     """Name each unit by the vocabulary entry nearest (cosine) to its direction.
 
     Args:
-        directions: ``(n_units, d)`` unit directions in the text space.
+        directions: ``(num_units, d)`` unit directions in the text space.
         vocabulary: ``n_words`` names; ``vocabulary_vectors`` their ``(n_words, d)`` embeddings.
 
     Returns:
         ``(names, similarity)``: unique names (a word chosen by several units gets ``#2``,
-        ``#3``, ... in order of decreasing similarity) and each unit's cosine ``(n_units,)``.
+        ``#3``, ... in order of decreasing similarity) and each unit's cosine ``(num_units,)``.
     """
     vocabulary = check_concept_set(vocabulary, vocabulary_vectors, "vocabulary")
     check_widths(directions.shape[1], vocabulary_vectors.shape[1], "vocabulary vectors")
@@ -209,8 +216,8 @@ class DiscoverThenNameCBM(Bottleneck):
     Args:
         in_features: feature width (linked from the data).
         num_classes: number of classes (linked from the data).
-        n_units: SAE dictionary size.
-        sparsity, l1_coeff, k: see :class:`SparseAutoencoder`.
+        num_units: SAE dictionary size.
+        sparsity, l1_coeff, top_k: see :class:`SparseAutoencoder`.
         sae_epochs, sae_lr, sae_batch_size, resample_every: SAE training at fit start.
         vocabulary: the words to name units with (encoded by the data's text encoder at fit
             start, with ``prompt``), or pass ``vocabulary_vectors`` ``(n_words, d_text)``.
@@ -221,7 +228,7 @@ class DiscoverThenNameCBM(Bottleneck):
             ``image_to_text="concept_labels"``; the units are the SAE's, not these.
         seed: seed of the SAE's initialisation and training order.
 
-    Shapes: ``h (batch, in_features)`` → unit activations ``(batch, n_units)`` → ``z`` class
+    Shapes: ``h (batch, in_features)`` → unit activations ``(batch, num_units)`` → ``z`` class
     logits ``(batch, num_classes)``.
     """
 
@@ -231,10 +238,10 @@ class DiscoverThenNameCBM(Bottleneck):
         self,
         in_features: int,
         num_classes: int,
-        n_units: int = 64,
+        num_units: int = 64,
         sparsity: Sparsity = "topk",
         l1_coeff: float = 3e-3,
-        k: int = 8,
+        top_k: int = 8,
         sae_epochs: int = 30,
         sae_lr: float = 1e-3,
         sae_batch_size: int = 256,
@@ -252,6 +259,8 @@ class DiscoverThenNameCBM(Bottleneck):
             raise ValueError(f"DiscoverThenNameCBM needs num_classes >= 2, got {num_classes}")
         if vocabulary is not None:
             check_concept_set(vocabulary, vocabulary_vectors, "DiscoverThenNameCBM vocabulary")
+            if any("\n" in w for w in vocabulary):
+                raise ValueError("DiscoverThenNameCBM vocabulary words must be single lines")
         elif vocabulary_vectors is not None:
             raise ValueError("vocabulary_vectors were given without the vocabulary (their names)")
         if image_to_text not in ("identity", "concept_labels"):
@@ -262,29 +271,37 @@ class DiscoverThenNameCBM(Bottleneck):
         self.out_features = self.num_classes
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.sae = SparseAutoencoder(in_features, n_units, sparsity, l1_coeff, k)
+            self.sae = SparseAutoencoder(in_features, num_units, sparsity, l1_coeff, top_k)
         self.sae.requires_grad_(False)
-        self.probe = nn.Linear(n_units, num_classes)
+        self.probe = nn.Linear(num_units, num_classes)
         self.sae_epochs, self.sae_lr, self.sae_batch_size = sae_epochs, sae_lr, sae_batch_size
         self.resample_every, self.seed = resample_every, seed
         self.vocabulary = None if vocabulary is None else list(vocabulary)
         self._vocabulary_vectors = None if vocabulary_vectors is None else torch.as_tensor(vocabulary_vectors).float()
         self.prompt, self.image_to_text, self.ridge = prompt, image_to_text, float(ridge)
         self.label_concept_names = None if concept_names is None else list(concept_names)
-        self.unit_names = [f"unit{i}" for i in range(n_units)]
-        self.register_buffer("name_similarity", torch.zeros(n_units))
+        # unit names travel in the state dict as UTF-8 bytes (a tensor, like every other entry)
+        self.register_buffer("unit_names_utf8", _encode_names([f"unit{i}" for i in range(num_units)]))
+        self.register_buffer("name_similarity", torch.zeros(num_units))
         self.register_buffer("fitted", torch.tensor(False))
         self.sae_history: dict[str, Any] = {}
 
     # ----------------------------------------------------------- checkpoint state
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"unit_names": list(self.unit_names)}
+    @property
+    def unit_names(self) -> list[str]:
+        """The units' names (vocabulary words after :meth:`init_from_data`, else ``unit<i>``)."""
+        return bytes(self.unit_names_utf8.cpu().tolist()).decode("utf-8").split("\n")
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        names = list(state["unit_names"])
-        if len(names) != self.sae.n_units:
-            raise ValueError(f"checkpoint names {len(names)} units but this layer has {self.sae.n_units}")
-        self.unit_names = names
+    def _set_unit_names(self, names: list[str]) -> None:
+        if len(names) != self.sae.num_units:
+            raise ValueError(f"{len(names)} names for {self.sae.num_units} units")
+        self.unit_names_utf8 = _encode_names(names).to(self.unit_names_utf8.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        key = prefix + "unit_names_utf8"
+        if key in state_dict and state_dict[key].shape != self.unit_names_utf8.shape:
+            self._buffers["unit_names_utf8"] = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------------- units
     def units(self) -> Units:
@@ -292,6 +309,10 @@ class DiscoverThenNameCBM(Bottleneck):
 
     def unit_activations(self, out: BottleneckOutput) -> Tensor:
         return out.extras["activations"]
+
+    def unit_readout(self) -> UnitReadout:
+        """Unit ``i`` is input column ``i`` of the probe (head edits re-weight or prune it)."""
+        return UnitReadout(tuple((i,) for i in range(self.sae.num_units)), linear=self.probe)
 
     # ------------------------------------------------------------------ discovery
     def needs_data_init(self) -> bool:
@@ -306,9 +327,9 @@ class DiscoverThenNameCBM(Bottleneck):
     ) -> None:
         """Fit the SAE on ``h`` (task-agnostic: ``y`` is not used), then name its units."""
         self.check_input(h)
-        if len(h) < self.sae.n_units:
+        if len(h) < self.sae.num_units:
             warnings.warn(
-                f"DiscoverThenNameCBM: {self.sae.n_units} SAE units but only {len(h)} training features; "
+                f"DiscoverThenNameCBM: {self.sae.num_units} SAE units but only {len(h)} training features; "
                 "the data cannot support that many units (many will stay dead)",
                 stacklevel=2,
             )
@@ -338,12 +359,13 @@ class DiscoverThenNameCBM(Bottleneck):
             directions = directions @ fit_image_to_text(h, concepts, cvec, self.ridge)
         else:
             check_widths(h.shape[1], vocab.shape[1], "vocabulary vectors")
-        self.unit_names, sim = name_units(directions, self.vocabulary, vocab)
+        names, sim = name_units(directions, self.vocabulary, vocab)
+        self._set_unit_names(names)
         self.name_similarity.copy_(sim)
 
     # --------------------------------------------------------------------- forward
     def forward(self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None) -> BottleneckOutput:
-        """``concepts`` / ``intervention_mask`` ``(batch, n_units)`` set unit activations."""
+        """``concepts`` / ``intervention_mask`` ``(batch, num_units)`` set unit activations."""
         self.check_input(h)
         if not bool(self.fitted) and self.training:
             raise RuntimeError("DiscoverThenNameCBM: the SAE is not fitted; init_from_data must run first")
@@ -363,4 +385,8 @@ class DiscoverThenNameCBM(Bottleneck):
         return float((w < threshold * w.max().clamp_min(1e-12)).float().mean())
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, n_units={self.sae.n_units}, num_classes={self.num_classes}"
+        return f"in_features={self.in_features}, num_units={self.sae.num_units}, num_classes={self.num_classes}"
+
+
+def _encode_names(names: Sequence[str]) -> Tensor:
+    return torch.tensor(list("\n".join(names).encode("utf-8")), dtype=torch.uint8)

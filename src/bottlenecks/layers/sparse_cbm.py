@@ -1,7 +1,7 @@
 """Sparse concept bottlenecks on image–concept similarities (Semenov et al., 2024,
 "Sparse Concept Bottleneck Models: Gumbel Tricks in Contrastive Learning").
 
-The concept bottleneck layer (CBL) is a linear map ``n_concepts → n_concepts`` of the
+The concept bottleneck layer (CBL) is a linear map ``num_concepts → num_concepts`` of the
 image–concept similarities (standardised per concept with training statistics),
 initialised to the identity; the head reads its concept activations. Three ways to train
 the CBL (``objective``), each next to the head's cross-entropy:
@@ -53,7 +53,7 @@ class SparseConceptBottleneck(LanguageConceptLayer):
         target_tau: temperature of the soft targets from the frozen similarities (standardised).
         Others: see :class:`~bottlenecks.layers.label_free.LanguageConceptLayer`.
 
-    Shapes: ``h (batch, in_features)`` → ``z = probs (batch, n_concepts)``.
+    Shapes: ``h (batch, in_features)`` → ``z = probs (batch, num_concepts)``.
     """
 
     def __init__(
@@ -76,20 +76,20 @@ class SparseConceptBottleneck(LanguageConceptLayer):
         self.objective = objective
         self.tau = float(tau)
         self.target_tau = float(target_tau)
-        self.out_features = self.n_concepts
-        self.cbl = nn.Linear(self.n_concepts, self.n_concepts)
+        self.out_features = self.num_concepts
+        self.cbl = nn.Linear(self.num_concepts, self.num_concepts)
         with torch.no_grad():
-            self.cbl.weight.copy_(torch.eye(self.n_concepts))
+            self.cbl.weight.copy_(torch.eye(self.num_concepts))
             self.cbl.bias.zero_()
-        self.register_buffer("sim_mean", torch.zeros(self.n_concepts))
-        self.register_buffer("sim_std", torch.ones(self.n_concepts))
+        self.register_buffer("sim_mean", torch.zeros(self.num_concepts))
+        self.register_buffer("sim_std", torch.ones(self.num_concepts))
 
     def _init_statistics(self, h: Tensor, sims: Tensor, concepts: Tensor | None, y: Tensor | None) -> None:
         self.sim_mean.copy_(sims.mean(0))
         self.sim_std.copy_(sims.std(0) + 1e-6 if len(sims) > 1 else torch.ones_like(self.sim_std))
 
     def scores(self, h: Tensor) -> Tensor:
-        """Standardised image–concept similarities ``(batch, n_concepts)``."""
+        """Standardised image–concept similarities ``(batch, num_concepts)``."""
         return (self.similarities(h) - self.sim_mean) / self.sim_std
 
     def _contrastive(self, logits: Tensor, s: Tensor) -> Tensor:
@@ -122,15 +122,15 @@ class SparseConceptBottleneck(LanguageConceptLayer):
         return BottleneckOutput(z=probs, losses=losses, concepts=logits, probs=probs, metrics=metrics)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, n_concepts={self.n_concepts}, objective={self.objective!r}"
+        return f"in_features={self.in_features}, num_concepts={self.num_concepts}, objective={self.objective!r}"
 
 
 def activation_sparsity(acts: Tensor, mass: float = 0.9) -> Tensor:
     """Fraction of concepts *not* needed to hold ``mass`` of each row's activation mass,
-    averaged over rows: ``1 - 1/n_concepts`` for one-hot rows, about ``1 - mass`` for uniform ones.
+    averaged over rows: ``1 - 1/num_concepts`` for one-hot rows, about ``1 - mass`` for uniform ones.
 
     Args:
-        acts: ``(batch, n_concepts)`` non-negative concept activations.
+        acts: ``(batch, num_concepts)`` non-negative concept activations.
     """
     a = acts.clamp_min(0)
     a = a / a.sum(1, keepdim=True).clamp_min(1e-12)
@@ -147,14 +147,14 @@ def concept_matrix_search(
 ) -> Tensor:
     """Training-free class scores ``(n, n_classes)`` (the paper's concept matrix search).
 
-    ``V = cos(images, concepts)`` ``(n, n_concepts)`` and ``D = cos(classes, concepts)``
-    ``(n_classes, n_concepts)`` (class-name text vs concept text), each row centred over
+    ``V = cos(images, concepts)`` ``(n, num_concepts)`` and ``D = cos(classes, concepts)``
+    ``(n_classes, num_concepts)`` (class-name text vs concept text), each row centred over
     concepts; an image goes to the class whose concept profile its own profile matches best
     (cosine of the centred rows).
 
     Args:
         image_features: ``(n, d)`` image embeddings in the text space.
-        concept_vectors: ``(n_concepts, d)`` concept text embeddings.
+        concept_vectors: ``(num_concepts, d)`` concept text embeddings.
         class_vectors: ``(n_classes, d)`` class-name text embeddings.
         concept_names: checked for emptiness and duplicates when given.
     """
