@@ -40,7 +40,7 @@ def test_force_and_suppress_codes_and_undo():
     assert not (cb(h).codes == top).any()
     cb.force([7])
     assert (cb(h).codes == 7).any(-1).all()
-    with pytest.raises(ValueError, match="cannot force more than k=2"):
+    with pytest.raises(ValueError, match="cannot force more than top_k=2"):
         cb.force([1, 2])
     cb.clear_interventions()
     assert (cb(h).codes[:, 0] == top).any()

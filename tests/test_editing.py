@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from _concept_data import NAMES, datamodule, shapes_like, trainer
-from test_contract import _build
+from test_contract import _build, _init
 
 from bottlenecks.editing import (
     EDIT_KINDS,
@@ -98,8 +98,7 @@ def _edits_for(model, x):
 @pytest.mark.parametrize("cls", BOTTLENECKS, ids=lambda c: c.__name__)
 def test_every_bottleneck_takes_an_edit_and_reverts_bit_identically(cls):
     b = _build(cls)
-    if b.needs_data_init():
-        b.init_from_data(torch.randn(200, 12))
+    _init(b)
     model = _model_for(b)
     x = torch.randn(40, 12)
     if b.num_concepts:  # concept layers count the labels they see; interventions need some
@@ -241,7 +240,7 @@ def test_codebook_edits_replace_the_in_place_methods():
     model.edits.apply({"kind": "suppress_codes", "units": ["code5", 7]})  # suppressing un-forces
     codes = model(x)[1].codes
     assert not ((codes == 5) | (codes == 7)).any()
-    with pytest.raises(ValueError, match="cannot force more than k=2"):
+    with pytest.raises(ValueError, match="cannot force more than top_k=2"):
         model.edits.apply({"kind": "force_codes", "units": [0, 1, 2]})
     assert len(model.edits) == 2
     model.edits.undo(2)

@@ -47,7 +47,7 @@ def test_a_single_concept_dataset_trains_and_tests():
     x, c, y = _arrays(k=1)
     dm = ArrayDataModule.from_arrays(x_train=x[:200], y_train=y[:200], concepts_train=c[:200],
                                      x_test=x[200:], y_test=y[200:], concepts_test=c[200:], batch_size=50)
-    model = BottleneckModel(ConceptBottleneck(8, n_concepts=1), num_classes=2, lr=5e-2)
+    model = BottleneckModel(ConceptBottleneck(8, num_concepts=1), num_classes=2, lr=5e-2)
     _trainer(max_steps=40).fit(model, dm)
     res = _trainer().test(model, dm, verbose=False)[0]
     assert res["test/concept_acc"] > 0.9 and res["test/concept_auroc"] > 0.9

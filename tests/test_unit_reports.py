@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_contract import ToyConcepts, ToySparse, _build
+from test_contract import ToyConcepts, ToySparse, _build, _init
 
 from bottlenecks.analysis import plots
 from bottlenecks.analysis.units import (
@@ -27,8 +27,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_every_bottleneck_gets_a_unit_report_with_plots(cls):
     b = _build(cls)
     h = torch.randn(60, 12)
-    if b.needs_data_init():
-        b.init_from_data(torch.randn(200, 12))
+    _init(b)
     y = torch.arange(60) % 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeadUnitWarning)

@@ -154,6 +154,8 @@ class BottlenecksCLI(LightningCLI):
             ("data.num_classes", "model.init_args.bottleneck.init_args.num_classes"),
             ("data.task", "model.init_args.task"),
             ("data.encoder_spec", "model.init_args.encoder"),
+            # bottlenecks whose vectors live in one encoder's space (concept banks) check it
+            ("data.encoder_spec", "model.init_args.bottleneck.init_args.encoder"),
             ("data.text_encoder_spec", "model.init_args.text_encoder"),
         ]
         for source, target in links:

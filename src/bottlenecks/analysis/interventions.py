@@ -35,7 +35,6 @@ from bottlenecks.analysis.model_access import (
     forward_concepts,
     model_concept_names,
     model_device,
-    model_task,
 )
 from bottlenecks.layers.base import BottleneckOutput
 

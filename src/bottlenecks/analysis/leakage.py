@@ -45,7 +45,7 @@ def concept_leakage(model: nn.Module, data: Any, split: str = "test", batch_size
     Returns:
         A dict of floats.
     """
-    names = model_concept_names(model)
+    model_concept_names(model)  # a clear error for a model without concepts
     check_concept_supervised(model)
     if model_task(model) != "classification":
         raise ValueError("concept_leakage measures task accuracy; the model's task is regression")

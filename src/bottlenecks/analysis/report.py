@@ -67,8 +67,6 @@ class RunReport(Callback):
             }
         dm = trainer.datamodule
         if self.linear_probe and dm is not None and hasattr(dm, "split"):
-            from bottlenecks.analysis.probes import linear_probe
-
             tr, va, te = dm.split("train"), dm.split("val"), dm.split("test")
             idx = torch.arange(len(tr))
             if len(idx) > self.probe_max_train:

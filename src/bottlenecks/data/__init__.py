@@ -27,6 +27,7 @@ __all__ = [
     "DigitsDataModule",
     "DigitsDataset",
     "FeatureDataModule",
+    "ImageFolderDataModule",
     "ShapesDataModule",
     "ShapesDataset",
     "render_grid",

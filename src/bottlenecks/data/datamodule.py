@@ -9,7 +9,6 @@ from tensors (one indexing op per batch, no per-example collation).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bottlenecks.data.base import ConceptDataset, Task, check_concepts, check_labels
 from bottlenecks.data.validation import (
-    DataWarning,
     as_label_list,
     check_feature_matrix,
     check_row_identity,

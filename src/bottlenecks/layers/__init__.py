@@ -8,6 +8,7 @@ from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
 from bottlenecks.layers.label_free import LaBoBottleneck, LabelFreeCBM
+from bottlenecks.layers.posthoc import PosthocConceptBottleneck
 from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
 from bottlenecks.layers.sparse_autoencoder import DiscoverThenNameCBM, SparseAutoencoder
 from bottlenecks.layers.sparse_cbm import SparseConceptBottleneck
@@ -41,6 +42,7 @@ __all__ = [
     "LaBoBottleneck",
     "LabelFreeCBM",
     "NoisyBottleneck",
+    "PosthocConceptBottleneck",
     "ResidualVectorQuantizer",
     "SparseAutoencoder",
     "SparseConceptBottleneck",
@@ -52,6 +54,7 @@ BOTTLENECKS = [
     ConceptBottleneck,
     ConceptEmbeddingBottleneck,
     EnergyConceptBottleneck,
+    PosthocConceptBottleneck,
     IdentityBottleneck,
     VectorQuantizer,
     ResidualVectorQuantizer,

@@ -19,6 +19,8 @@ hook                           default / meaning
 ``side_channel()``             None: no columns of ``z`` lie outside the readable units
 ``side_channel_parameters()``  ``[]``: no parameters that train with the head
 ``concept_supervision()``      None: the layer does not count concept labels
+``feature_space``              ``"standardized"``: ``forward`` receives the model's standardised
+                               features (``"encoder"``: the encoder's own coordinates)
 ``unit_readout()``             the head reads unit ``i`` through column ``i`` of ``z`` when the
                                units are ``z``'s dimensions; else None (:class:`UnitReadout`)
 ``unit_gates()``               ``{}``: no switches that force or suppress units
@@ -26,8 +28,8 @@ hook                           default / meaning
 ``unit_table()``               None: no per-unit stored vector (code, key value) to overwrite
 =============================  ==============================================================
 
-The last four are what :mod:`bottlenecks.editing` edits through: head edits need a readout,
-code edits need gates, key–value edits need a unit table.
+The last four (``unit_readout`` to ``unit_table``) are what :mod:`bottlenecks.editing` edits
+through: head edits need a readout, code edits need gates, key–value edits need a unit table.
 
 Concept layers derive from :class:`ConceptLayer`, which fills in the concept side
 (units are the named concepts, read as probabilities after intervention; the concept
@@ -183,6 +185,12 @@ class Bottleneck(NamedConcepts, nn.Module):
     #: regression prediction): the model then uses no head of its own. A subclass may
     #: override it with a property when it depends on the configuration.
     predicts_task: bool = False
+    #: Which features ``forward`` (and :meth:`init_from_data`) receives: ``"standardized"``
+    #: — the model's training-set standardisation of the encoder output (the default) — or
+    #: ``"encoder"`` — the encoder's own coordinates, for layers whose parameters live in the
+    #: encoder's space (concept banks, text embeddings, CAVs): the model then does not
+    #: standardise.
+    feature_space: Literal["standardized", "encoder"] = "standardized"
 
     def forward(  # pragma: no cover - abstract
         self,

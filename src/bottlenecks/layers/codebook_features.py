@@ -187,7 +187,7 @@ class CodebookFeatures(Bottleneck):
         """Make ``codes`` active for every input (at most ``k`` forced codes)."""
         idx = self._check_codes(codes)
         if int((self.forced.clone().index_fill_(0, idx, True)).sum()) > self.top_k:
-            raise ValueError(f"cannot force more than k={self.top_k} codes")
+            raise ValueError(f"cannot force more than top_k={self.top_k} codes")
         self.forced[idx] = True
         self.suppressed[idx] = False
 
@@ -195,7 +195,7 @@ class CodebookFeatures(Bottleneck):
         """Never activate ``codes``."""
         idx = self._check_codes(codes)
         if int((self.suppressed.clone().index_fill_(0, idx, True)).sum()) > self.codebook_size - self.top_k:
-            raise ValueError(f"suppressing these codes would leave fewer than k={self.top_k} codes")
+            raise ValueError(f"suppressing these codes would leave fewer than top_k={self.top_k} codes")
         self.suppressed[idx] = True
         self.forced[idx] = False
 
@@ -209,10 +209,10 @@ class CodebookFeatures(Bottleneck):
         if bool((forced & suppressed).any()):
             both = (forced & suppressed).nonzero().flatten().tolist()
             raise ValueError(f"codes {both} cannot be both forced and suppressed")
-        if int(forced.sum()) > self.k:
-            raise ValueError(f"cannot force more than k={self.k} codes, got {int(forced.sum())}")
-        if int(suppressed.sum()) > self.codebook_size - self.k:
-            raise ValueError(f"suppressing {int(suppressed.sum())} codes would leave fewer than k={self.k} codes")
+        if int(forced.sum()) > self.top_k:
+            raise ValueError(f"cannot force more than top_k={self.top_k} codes, got {int(forced.sum())}")
+        if int(suppressed.sum()) > self.codebook_size - self.top_k:
+            raise ValueError(f"suppressing {int(suppressed.sum())} codes would leave fewer than top_k={self.top_k} codes")
         self.forced.copy_(forced)
         self.suppressed.copy_(suppressed)
 

@@ -20,6 +20,8 @@ in an example when it was chosen for it.
 from __future__ import annotations
 
 import math
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

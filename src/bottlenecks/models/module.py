@@ -70,7 +70,9 @@ class BottleneckModel(L.LightningModule):
             (:meth:`~bottlenecks.layers.base.Bottleneck.loss_terms`), by name; a name not
             listed gets weight 1.
         standardize_features: standardise features with training-set statistics,
-            computed once at fit start and kept in the checkpoint.
+            computed once at fit start and kept in the checkpoint. None (default): yes,
+            unless the bottleneck reads the encoder's own coordinates
+            (``bottleneck.feature_space == "encoder"``: concept banks), where True is an error.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
         lr, weight_decay, momentum: optimiser settings.
         lr_schedule: ``"cosine"`` (over the run's total steps) or ``"constant"``.
@@ -91,7 +93,7 @@ class BottleneckModel(L.LightningModule):
         concept_loss_weight: float = 1.0,
         task_loss_weight: float = 1.0,
         loss_weights: dict[str, float] | None = None,
-        standardize_features: bool = True,
+        standardize_features: bool | None = None,
         optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -130,6 +132,14 @@ class BottleneckModel(L.LightningModule):
                 )
             head = nn.Identity()
         self.head = head if head is not None else mlp(bottleneck.out_features, head_hidden or [], n_out)
+        reads_encoder_space = bottleneck.feature_space == "encoder"
+        if standardize_features and reads_encoder_space:
+            raise ValueError(
+                f"standardize_features=True, but {type(bottleneck).__name__} reads features in the encoder's own "
+                "coordinates (its vectors live there); leave standardize_features unset"
+            )
+        if standardize_features is None:
+            standardize_features = not reads_encoder_space
         self.norm = FeatureNorm(bottleneck.in_features) if standardize_features else nn.Identity()
         self.concept_loss_weight = concept_loss_weight
         self.task_loss_weight = task_loss_weight
@@ -304,14 +314,6 @@ class BottleneckModel(L.LightningModule):
         self._epoch_end("test")
 
     # -------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from bottlenecks import __version__
-
-        checkpoint["bottlenecks"] = {"version": __version__, "format": CHECKPOINT_FORMAT}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_format(checkpoint)
-
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls,
@@ -419,12 +421,17 @@ class BottleneckModel(L.LightningModule):
         return edit_log(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the edit log as plain data (it loads with ``weights_only=True``)."""
+        """Stamp the checkpoint's format and store the edit log as plain data (both load with
+        ``weights_only=True``)."""
+        from bottlenecks import __version__
+
+        checkpoint["bottlenecks"] = {"version": __version__, "format": CHECKPOINT_FORMAT}
         log = self.__dict__.get("_edit_log")
         if log is not None and (log.applied or log.undone):
             checkpoint["edit_log"] = log.state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_format(checkpoint)
         # the parameters are loaded after this hook: the log is attached in load_state_dict
         self.__dict__["_pending_edit_log"] = checkpoint.get("edit_log", {})
 
