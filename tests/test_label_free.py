@@ -145,3 +145,28 @@ def test_checkpoint_round_trip_restores_the_text_space(data):
     b.eval()
     assert b.image_proj.shape == (40, 32) and torch.equal(b.concept_vectors, a.concept_vectors)
     assert torch.allclose(a(x[:20]).z, b(x[:20]).z)
+
+
+def test_adopts_a_concept_bank_and_a_labo_class2concepts_file(data, tmp_path):
+    """The layers take plain (names, vectors); a ConceptBank and a LaBo class2concepts.json read by
+    bottlenecks.concepts pass straight in."""
+    import json
+
+    from bottlenecks.analysis.concept_selection import concept_similarities, select_per_class
+    from bottlenecks.concepts.bank import ConceptBank
+    from bottlenecks.concepts.sets import load_concept_set
+
+    p = data
+    path = tmp_path / "class2concepts.json"
+    path.write_text(json.dumps({c: p.class_concepts[c] + ["nuisance0", "nuisance1"] for c in p.class_names}))
+    cs = load_concept_set(path)
+    bank = ConceptBank(p.names, p.vectors, encoder_id="planted")
+    class_concepts = {c: list(w) for c, w in cs.class_concepts.items()}
+    chosen = select_per_class(class_concepts, bank.names, bank.vectors, 2,
+                              sims=concept_similarities(p.x[:1000], bank.vectors), y=p.y[:1000], class_names=p.class_names)
+    assert {c: sorted(v) for c, v in chosen.items()} == p.class_concepts  # its own two, not the nuisance ones
+    layer = LaBoBottleneck(32, bank.names, 6, class_concepts=chosen, class_names=p.class_names,
+                           concept_vectors=bank.vectors)
+    layer.init_from_data(p.x[:1000])
+    model = BottleneckModel(layer, num_classes=6, standardize_features=False)
+    assert accuracy(model, p.x[1000:], p.y[1000:]) > 0.85
