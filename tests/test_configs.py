@@ -23,7 +23,8 @@ def test_config_parses(config, capsys):
 def test_there_is_a_config_per_method():
     names = {c.name for c in CONFIGS}
     for expected in ("cbm_shapes.yaml", "cem_shapes.yaml", "ecbm_shapes.yaml", "vq_digits.yaml",
-                     "dkvb_digits.yaml", "ib_vib_diabetes.yaml", "ib_csib_diabetes.yaml"):
+                     "dkvb_digits.yaml", "ib_vib_diabetes.yaml", "ib_csib_diabetes.yaml",
+                     "label_free_shapes.yaml", "labo_shapes.yaml", "sparse_cbm_shapes.yaml", "dn_cbm_shapes.yaml"):
         assert expected in names
 
 

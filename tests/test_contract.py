@@ -131,6 +131,12 @@ def _build(cls):
         kw["top_k"] = 2
     if name == "DiscreteKeyValueBottleneck":
         kw.update(num_heads=3, keys_per_head=8, top_k=2, init="random", num_classes=3)
+    if name in ("LabelFreeCBM", "LaBoBottleneck", "SparseConceptBottleneck"):  # language-guided
+        kw.update(concept_names=["p", "q", "r"], concept_vectors=torch.randn(3, 12))
+    if name in ("LaBoBottleneck", "DiscoverThenNameCBM"):
+        kw["num_classes"] = 3
+    if name == "DiscoverThenNameCBM":
+        kw.update(num_units=16, top_k=4, sae_epochs=2, vocabulary=["p", "q"], vocabulary_vectors=torch.randn(2, 12))
     return cls(**kw)
 
 

@@ -7,8 +7,11 @@ from bottlenecks.layers.codebook_features import CodebookFeatures
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
+from bottlenecks.layers.label_free import LaBoBottleneck, LabelFreeCBM
 from bottlenecks.layers.posthoc import PosthocConceptBottleneck
 from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from bottlenecks.layers.sparse_autoencoder import DiscoverThenNameCBM, SparseAutoencoder
+from bottlenecks.layers.sparse_cbm import SparseConceptBottleneck
 from bottlenecks.layers.surgery import CodebookModel, insert_codebooks
 from bottlenecks.layers.stochastic import (
     ContrastiveVIBBottleneck,
@@ -30,14 +33,19 @@ __all__ = [
     "ConceptBottleneck",
     "ConceptEmbeddingBottleneck",
     "ContrastiveVIBBottleneck",
+    "DiscoverThenNameCBM",
     "DiscreteKeyValueBottleneck",
     "EnergyConceptBottleneck",
     "FiniteScalarQuantizer",
     "GaussianBottleneck",
     "IdentityBottleneck",
+    "LaBoBottleneck",
+    "LabelFreeCBM",
     "NoisyBottleneck",
     "PosthocConceptBottleneck",
     "ResidualVectorQuantizer",
+    "SparseAutoencoder",
+    "SparseConceptBottleneck",
     "VectorQuantizer",
 ]
 
@@ -57,4 +65,8 @@ BOTTLENECKS = [
     CSIBBottleneck,
     ContrastiveVIBBottleneck,
     NoisyBottleneck,
+    LabelFreeCBM,
+    LaBoBottleneck,
+    SparseConceptBottleneck,
+    DiscoverThenNameCBM,
 ]
