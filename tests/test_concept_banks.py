@@ -105,7 +105,7 @@ def test_a_bank_round_trips_through_its_file(tmp_path, concept_arrays):
 def test_bank_constructor_refuses_bad_lists():
     with pytest.raises(ValueError, match="is empty"):
         ConceptBank([], torch.zeros(0, 4))
-    with pytest.raises(ValueError, match=r"repeats concepts: 'red' \(entries 0 and 2\)"):
+    with pytest.raises(ValueError, match=r"repeats concepts: 'red' and 'red' \(entries 0 and 2\)"):
         ConceptBank(["red", "blue", "red"], torch.randn(3, 4))
     with pytest.raises(ValueError, match=r"shape \(2, dim\)"):
         ConceptBank(["a", "b"], torch.randn(3, 4))

@@ -112,7 +112,7 @@ def test_bad_input_is_refused_clearly(data):
     p = data
     with pytest.raises(ValueError, match="empty"):
         LabelFreeCBM(32, [])
-    with pytest.raises(ValueError, match="repeated concepts"):
+    with pytest.raises(ValueError, match="repeats concepts"):
         LabelFreeCBM(32, ["red", "blue", "red"])
     with pytest.raises(ValueError, match="16-dimensional but the image features are 32-dimensional"):
         LabelFreeCBM(32, ["a", "b"], concept_vectors=torch.randn(2, 16))

@@ -110,7 +110,7 @@ def test_discover_then_name_cbm_names_units_and_intervenes_by_name():
 
 
 def test_bad_vocabulary_and_too_many_units():
-    with pytest.raises(ValueError, match="vocabulary.*repeated"):
+    with pytest.raises(ValueError, match="vocabulary.*repeats concepts"):
         DiscoverThenNameCBM(8, 2, num_units=4, vocabulary=["a", "a"])
     layer = DiscoverThenNameCBM(8, 2, num_units=4, top_k=2, sae_epochs=1, vocabulary=["a", "b"],
                                 vocabulary_vectors=torch.randn(2, 16))

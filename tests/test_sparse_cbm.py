@@ -66,7 +66,7 @@ def test_concept_matrix_search_classifies_without_training(data):
     assert acc > 0.9 and acc >= zero_shot  # chance 1/6
     with pytest.raises(ValueError, match="class vectors are 16-dimensional"):
         concept_matrix_search(p.x, p.vectors, torch.randn(6, 16))
-    with pytest.raises(ValueError, match="repeated"):
+    with pytest.raises(ValueError, match="repeats concepts"):
         concept_matrix_search(p.x, p.vectors[:2], p.class_vectors, concept_names=["a", "a"])
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from bottlenecks.layers.base import check_concept_list
 
 __all__ = [
     "FilterResult",
@@ -47,24 +48,8 @@ def check_concept_set(names: Sequence[str], vectors: Tensor | None = None, what:
     after lower-casing and stripping spaces: ``"Red"`` and ``"red "`` are one concept),
     empty names, or vectors whose shape, values or norms do not fit.
     """
-    if isinstance(names, str):
-        raise TypeError(f"{what}: expected a list of concept names, got the single string {names!r}")
-    names = [str(n) for n in names]
-    if not names:
-        raise ValueError(f"{what} is empty: a concept bottleneck needs at least one concept name")
-    blank = [i for i, n in enumerate(names) if not n.strip()]
-    if blank:
-        raise ValueError(f"{what}: concept names at positions {blank[:10]} are empty")
-    norm = [" ".join(n.lower().split()) for n in names]
-    if len(set(norm)) != len(norm):
-        seen: dict[str, str] = {}
-        dup = []
-        for n, k in zip(names, norm):
-            if k in seen:
-                dup.append((seen[k], n))
-            else:
-                seen[k] = n
-        raise ValueError(f"{what} has repeated concepts {dup[:10]}; deduplicate the list (or use filter_concepts)")
+    names = check_concept_list([str(n) if not isinstance(n, str) else n for n in names]
+                               if not isinstance(names, str) else names, what)
     if vectors is not None:
         if vectors.dim() != 2 or vectors.shape[0] != len(names):
             raise ValueError(

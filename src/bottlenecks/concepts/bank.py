@@ -43,32 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from bottlenecks.layers.base import check_concept_list
 
 __all__ = ["BANK_FORMAT", "ConceptBank", "encoder_id", "learn_cavs", "check_concept_list"]
 
+
 #: format tag written into every bank file's metadata
 BANK_FORMAT = "bottlenecks.concept_bank/1"
-
-
-def check_concept_list(names: Sequence[str], where: str = "the concept list") -> list[str]:
-    """``names`` as a list of non-empty, unique strings, or a ValueError naming the problem."""
-    if isinstance(names, str):
-        raise ValueError(f"{where} must be a list of concept names, got a single string {names!r}")
-    names = list(names)
-    if not names:
-        raise ValueError(f"{where} is empty: a concept bank needs at least one concept")
-    bad = [i for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"{where}: entries {bad[:5]} are empty or not strings ({[names[i] for i in bad[:5]]})")
-    seen: dict[str, int] = {}
-    dups = []
-    for i, n in enumerate(names):
-        if n in seen:
-            dups.append(f"{n!r} (entries {seen[n]} and {i})")
-        seen.setdefault(n, i)
-    if dups:
-        raise ValueError(f"{where} repeats concepts: {', '.join(dups[:5])}; concept names must be unique")
-    return names
 
 
 def encoder_id(encoder: Any) -> str:

@@ -467,6 +467,32 @@ def resolve_concept_names(
     return check_concept_names(concept_names, n)
 
 
+def check_concept_list(names: Sequence[str], where: str = "the concept list") -> list[str]:
+    """``names`` as a list of non-empty, unique strings, or a ValueError naming the problem.
+
+    Two names count as the same concept when they differ only in case and spacing (``"Red"``
+    and ``"red "``): concept lists from files and language models repeat concepts that way.
+    """
+    if isinstance(names, str):
+        raise ValueError(f"{where} must be a list of concept names, got a single string {names!r}")
+    names = list(names)
+    if not names:
+        raise ValueError(f"{where} is empty: it needs at least one concept")
+    bad = [i for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"{where}: entries {bad[:5]} are empty or not strings ({[names[i] for i in bad[:5]]})")
+    seen: dict[str, int] = {}
+    dups = []
+    for i, n in enumerate(names):
+        key = " ".join(n.lower().split())
+        if key in seen:
+            dups.append(f"{names[seen[key]]!r} and {n!r} (entries {seen[key]} and {i})")
+        seen.setdefault(key, i)
+    if dups:
+        raise ValueError(f"{where} repeats concepts: {', '.join(dups[:5])}; concept names must be unique")
+    return names
+
+
 def check_concept_names(names: list[str] | None, n: int, what: str = "concepts") -> list[str]:
     """Return concept names, generating ``c0..c{n-1}`` when none are given; check the count."""
     if names is None:
