@@ -252,6 +252,14 @@ class BottlenecksCLI(LightningCLI):
                 f"for {wanted.rsplit('.', 1)[-1]}; pass the config the checkpoint was trained with (its run "
                 "directory's config.yaml)"
             )
+        differ = _differing_init_args(self.config[sub].get("model"), hparams, "bottleneck")
+        if differ:
+            warnings.warn(
+                f"checkpoint {ckpt_path} was trained with bottleneck settings that differ from the config's; "
+                "the checkpoint's are used: "
+                + ", ".join(f"{k}={c!r} (config: {v!r})" for k, v, c in differ[:5]),
+                stacklevel=2,
+            )
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -392,6 +400,21 @@ def _class_path(node: Any, key: str) -> str | None:
     sub = node.get(key) if hasattr(node, "get") else None
     cp = sub.get("class_path") if hasattr(sub, "get") else None
     return str(cp) if cp else None
+
+
+def _differing_init_args(config_model: Any, hparams: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """``(name, config value, checkpoint value)`` for each ``key`` init arg both give differently."""
+
+    def init_args(node: Any) -> dict[str, Any]:
+        node = node.get("init_args", node) if hasattr(node, "get") else None
+        sub = node.get(key) if hasattr(node, "get") else None
+        args = sub.get("init_args") if hasattr(sub, "get") else None
+        return dict(args) if hasattr(args, "items") else {}
+
+    mine, theirs = init_args(config_model), init_args(hparams)
+    # (None: a value the data links in later, not set by the config)
+    shared = sorted(set(mine) & set(theirs))
+    return [(k, mine[k], theirs[k]) for k in shared if mine[k] is not None and mine[k] != theirs[k]]
 
 
 def _claim_run_dir(trainer: L.Trainer) -> None:
