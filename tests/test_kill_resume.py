@@ -144,6 +144,32 @@ def test_killed_fit_resumes_to_the_uninterrupted_result(setup, epoch, batch):
         assert torch.equal(resumed_state[k], straight_state[k]), k
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "open: after the resume, the first batch of the VIB run starts from identical parameters, "
+    "optimiser moments, data, learning rate and generator state (bottlenecks.cli.RandomState), "
+    "yet its gradient differs from the uninterrupted run's; not yet explained"))
+def test_killed_stochastic_fit_resumes_to_the_uninterrupted_weights(tmp_path):
+    """The VIB samples from the global generator: its state travels in the checkpoint."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    base = ["fit", "--config", str(ROOT / "configs" / "ib_vib_diabetes.yaml"), "--trainer.max_epochs", "4",
+            "--test_after_fit", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    main(base)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bottlenecks.cli", *base, "--trainer.callbacks+=killer.KillAt",
+                           "--trainer.callbacks.init_args.epoch=2", "--trainer.callbacks.init_args.batch=2"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    runs = tmp_path / "runs" / "ib_vib_diabetes"
+    main([*base, "--ckpt_path", str(runs / "version_1" / "checkpoints" / "last.ckpt")])
+    a = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(runs / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_same_config_and_seed_give_the_same_numbers_twice(setup):
     tmp, cfg = setup
     main(["fit", "--config", str(cfg), "--trainer.max_epochs", "2"])

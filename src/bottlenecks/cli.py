@@ -71,6 +71,53 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(fd)
 
 
+class RandomState(L.Callback):
+    """Saves the global random generators (torch, numpy, random) in every checkpoint and
+    restores them when the resumed run starts its next training epoch, so that stochastic
+    bottlenecks (VIB sampling, noise) draw after a resume what an uninterrupted run draws.
+
+    The state is restored at ``on_train_epoch_start`` rather than at load time: a resumed run
+    consumes random numbers before that (the sanity check's data loader) that an
+    uninterrupted run does not.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        import random
+
+        import numpy as np
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
 def use_atomic_checkpoints(trainer: L.Trainer) -> None:
     """Write ``trainer``'s checkpoints with :class:`AtomicCheckpointIO` unless a custom CheckpointIO was given."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -266,6 +313,8 @@ class BottlenecksCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         use_last_checkpoint_every_epoch(trainer)
+        if trainer.checkpoint_callback is not None:
+            trainer.callbacks.append(RandomState())
         return trainer
 
     # ------------------------------------------------------------ run checks
