@@ -145,10 +145,6 @@ def test_killed_fit_resumes_to_the_uninterrupted_result(setup, epoch, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "open: after the resume, the first batch of the VIB run starts from identical parameters, "
-    "optimiser moments, data, learning rate and generator state (bottlenecks.cli.RandomState), "
-    "yet its gradient differs from the uninterrupted run's; not yet explained"))
 def test_killed_stochastic_fit_resumes_to_the_uninterrupted_weights(tmp_path):
     """The VIB samples from the global generator: its state travels in the checkpoint."""
     (tmp_path / "killer.py").write_text(KILLER)

@@ -73,12 +73,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class RandomState(L.Callback):
     """Saves the global random generators (torch, numpy, random) in every checkpoint and
-    restores them when the resumed run starts its next training epoch, so that stochastic
-    bottlenecks (VIB sampling, noise) draw after a resume what an uninterrupted run draws.
+    restores them when the resumed run starts training, so that stochastic bottlenecks (VIB
+    sampling, noise) draw after a resume what an uninterrupted run draws.
 
-    The state is restored at ``on_train_epoch_start`` rather than at load time: a resumed run
-    consumes random numbers before that (the sanity check's data loader) that an
-    uninterrupted run does not.
+    The state is restored at ``on_train_start``, after the sanity check (whose data loader
+    draws a seed an uninterrupted run does not) and before the next epoch's training data
+    loader draws its own (which both runs do, after the checkpoint was written).
     """
 
     def __init__(self) -> None:
@@ -102,7 +102,7 @@ class RandomState(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state, self._pending = self._pending, None
         if not state:
             return
