@@ -160,3 +160,36 @@ def test_two_runs_that_pick_the_same_version_get_different_directories(tmp_path,
     main(_args(tmp_path, "fit", "--test_after_fit", "false", "--trainer.max_epochs", "1"))
     assert (taken / "config.yaml").read_text().startswith("# written by a run")
     assert (tmp_path / "runs" / "ib_vib_diabetes" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_checkpoint_settings_that_override_the_config_are_warned_about(tmp_path, trained):
+    with pytest.warns(UserWarning, match=r"the checkpoint's are used: out_features=16 \(config: 32\)"):
+        main(_args(tmp_path, "test", "--ckpt_path", str(trained), "--trainer.logger", "false",
+                   "--model.init_args.bottleneck.init_args.out_features", "32"))
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (PermissionError(13, "Permission denied", "/ro/runs/version_0"),
+         "cannot write /ro/runs/version_0: permission denied (Permission denied)"),
+        (OSError(30, "Read-only file system", "/ro/runs/version_0"),
+         "cannot write /ro/runs/version_0: the filesystem is read-only"),
+        (OSError(28, "No space left on device", "/full/last.ckpt"),
+         "cannot write /full/last.ckpt: the disk is full"),
+    ],
+)
+def test_disk_errors_are_one_line(tmp_path, capsys, monkeypatch, error, expected):
+    import bottlenecks.cli as cli
+
+    def refuse(trainer):
+        raise error
+
+    monkeypatch.setattr(cli, "_claim_run_dir", refuse)
+    assert expected in _error_line(capsys, _args(tmp_path))
+
+
+def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path, capsys):
+    (tmp_path / "runs").write_text("not a folder")
+    line = _error_line(capsys, _args(tmp_path))
+    assert "runs" in line and "Not a directory" in line

@@ -73,10 +73,115 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(fd)
 
 
+class RandomState(L.Callback):
+    """Saves the global random generators (torch, numpy, random) in every checkpoint and
+    restores them when the resumed run starts training, so that stochastic bottlenecks (VIB
+    sampling, noise) draw after a resume what an uninterrupted run draws.
+
+    The state is restored at ``on_train_start``, after the sanity check (whose data loader
+    draws a seed an uninterrupted run does not) and before the next epoch's training data
+    loader draws its own (which both runs do, after the checkpoint was written).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        import random
+
+        import numpy as np
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
 def use_atomic_checkpoints(trainer: L.Trainer) -> None:
     """Write ``trainer``'s checkpoints with :class:`AtomicCheckpointIO` unless a custom CheckpointIO was given."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def use_last_checkpoint_every_epoch(trainer: L.Trainer) -> None:
+    """Make ``save_last=True`` mean "the last epoch" again, and keep the best-model ranking
+    across a resume (:func:`_keep_best_across_resume`).
+
+    Lightning 2.6's ``ModelCheckpoint`` with a ``monitor`` writes ``last.ckpt`` only in a step
+    where it also saved a top-k checkpoint: once the monitored metric stops improving,
+    ``last.ckpt`` stays at the best epoch, and a crashed run "resumed from last.ckpt" silently
+    repeats the epochs since. Each such callback's save hook (end of validation, or end of the
+    training epoch when no validation runs, as Lightning decides) is wrapped to write the last
+    checkpoint whenever the callback itself did not.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    def wrap(cb: ModelCheckpoint, hook: str, at_train_epoch_end: bool) -> None:
+        original = getattr(cb, hook)
+
+        def hooked(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            original(trainer, pl_module)
+            if (
+                trainer.state.fn != TrainerFn.FITTING
+                or trainer.sanity_checking
+                or trainer.fast_dev_run
+                or cb._should_save_on_train_epoch_end(trainer) != at_train_epoch_end
+                or cb._last_global_step_saved == trainer.global_step
+            ):
+                return
+            cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+
+        setattr(cb, hook, hooked)
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_last is True and cb.monitor is not None:
+            wrap(cb, "on_validation_end", at_train_epoch_end=False)
+            wrap(cb, "on_train_epoch_end", at_train_epoch_end=True)
+        if isinstance(cb, ModelCheckpoint):
+            _keep_best_across_resume(cb)
+
+
+def _keep_best_across_resume(cb: Any) -> None:
+    """A run resumed from a checkpoint writes into a new version folder, and Lightning then
+    restores only ``best_model_path``, not the score it was chosen by: the first epoch after
+    resuming becomes "best" whatever its score, and ``--test_after_fit`` tests another model
+    than an uninterrupted run would. Restore the ranking too (the files stay where they are;
+    Lightning removes displaced checkpoints only inside its own folder)."""
+    original = cb.load_state_dict
+
+    def load_state_dict(state_dict: dict[str, Any]) -> None:
+        original(state_dict)
+        if state_dict.get("dirpath", cb.dirpath) != cb.dirpath and state_dict.get("best_model_score") is not None:
+            cb.best_model_score = state_dict["best_model_score"]
+            cb.kth_best_model_path = state_dict.get("kth_best_model_path", cb.kth_best_model_path)
+            cb.kth_value = state_dict.get("kth_value", cb.kth_value)
+            cb.best_k_models = dict(state_dict.get("best_k_models", cb.best_k_models))
+
+    cb.load_state_dict = load_state_dict
 
 
 class SafeTrainer(L.Trainer):
@@ -109,25 +214,29 @@ class SafeTrainer(L.Trainer):
         return super().predict(*args, weights_only=self._safe(weights_only), **kwargs)
 
 
-def checkpoint_to_test(trainer: L.Trainer) -> str | None:
+def checkpoint_to_test(trainer: L.Trainer, resumed_from: str | os.PathLike[str] | None = None) -> str | None:
     """The checkpoint ``--test_after_fit`` evaluates: the best one, else the last one.
 
-    Only a file inside the checkpoint callback's own directory qualifies. The callback's
-    ``best_model_path`` is restored from a resumed checkpoint, which may come from anyone:
-    a path pointing elsewhere is ignored with a warning, never loaded.
+    Only a file inside the checkpoint callback's own directory qualifies, or inside the
+    directory of the checkpoint the user resumed from (``resumed_from``: a resumed run's best
+    model may still be one its first part saved). The callback's ``best_model_path`` is
+    restored from the resumed checkpoint, which may come from anyone: a path pointing
+    anywhere else is ignored with a warning, never loaded.
     """
     cb = trainer.checkpoint_callback
     if cb is None:
         return None
-    root = Path(cb.dirpath).resolve() if cb.dirpath else None
+    roots = [Path(cb.dirpath).resolve()] if cb.dirpath else []
+    if resumed_from is not None and Path(resumed_from).is_file():
+        roots.append(Path(resumed_from).resolve().parent)
     for path in (cb.best_model_path, cb.last_model_path):
         if not path:
             continue
         p = Path(path).resolve()
-        if root is None or root not in p.parents or not p.is_file():
+        if not roots or not any(root in p.parents for root in roots) or not p.is_file():
             warnings.warn(
                 f"not testing checkpoint {path!r}: it is not a file in this run's checkpoint "
-                f"directory {str(root)!r} (a resumed checkpoint named it)",
+                f"directory {str(roots[0]) if roots else None!r} (a resumed checkpoint named it)",
                 stacklevel=2,
             )
             continue
@@ -204,11 +313,22 @@ class BottlenecksCLI(LightningCLI):
                 f"for {wanted.rsplit('.', 1)[-1]}; pass the config the checkpoint was trained with (its run "
                 "directory's config.yaml)"
             )
+        differ = _differing_init_args(self.config[sub].get("model"), hparams, "bottleneck")
+        if differ:
+            warnings.warn(
+                f"checkpoint {ckpt_path} was trained with bottleneck settings that differ from the config's; "
+                "the checkpoint's are used: "
+                + ", ".join(f"{k}={c!r} (config: {v!r})" for k, v, c in differ[:5]),
+                stacklevel=2,
+            )
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
+        use_last_checkpoint_every_epoch(trainer)
+        if trainer.checkpoint_callback is not None:
+            trainer.callbacks.append(RandomState())
         return trainer
 
     # ------------------------------------------------------------ run checks
@@ -285,7 +405,7 @@ class BottlenecksCLI(LightningCLI):
         sub = self.config[self.subcommand]
         if not sub.get("test_after_fit") or self.trainer.interrupted:
             return
-        ckpt = checkpoint_to_test(self.trainer)
+        ckpt = checkpoint_to_test(self.trainer, resumed_from=sub.get("ckpt_path"))
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
 
 
@@ -313,6 +433,21 @@ def _class_path(node: Any, key: str) -> str | None:
     sub = node.get(key) if hasattr(node, "get") else None
     cp = sub.get("class_path") if hasattr(sub, "get") else None
     return str(cp) if cp else None
+
+
+def _differing_init_args(config_model: Any, hparams: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """``(name, config value, checkpoint value)`` for each ``key`` init arg both give differently."""
+
+    def init_args(node: Any) -> dict[str, Any]:
+        node = node.get("init_args", node) if hasattr(node, "get") else None
+        sub = node.get(key) if hasattr(node, "get") else None
+        args = sub.get("init_args") if hasattr(sub, "get") else None
+        return dict(args) if hasattr(args, "items") else {}
+
+    mine, theirs = init_args(config_model), init_args(hparams)
+    # (None: a value the data links in later, not set by the config)
+    shared = sorted(set(mine) & set(theirs))
+    return [(k, mine[k], theirs[k]) for k in shared if mine[k] is not None and mine[k] != theirs[k]]
 
 
 def _claim_run_dir(trainer: L.Trainer) -> None:

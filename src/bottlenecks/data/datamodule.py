@@ -89,6 +89,9 @@ def batch_loader(ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, 
         sampler=EpochBatches(len(ds), batch_size, shuffle, seed),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        # its own generator: creating an iterator draws a worker seed, which from the global
+        # generator would shift the model's random draws (VIB noise) by where loaders start
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -178,6 +178,10 @@ class BottleneckModel(L.LightningModule):
     def encode(self, x: Tensor) -> Tensor:
         """Features from raw images ``(batch, 3, H, W)`` with the frozen encoder, or ``x`` itself."""
         if x.dim() == 2:
+            if x.shape[1] != self.bottleneck.in_features:  # before FeatureNorm broadcasts it
+                raise ValueError(
+                    f"expected features (batch, {self.bottleneck.in_features}), got shape {tuple(x.shape)}"
+                )
             return x
         if x.dim() != 4:
             raise ValueError(
