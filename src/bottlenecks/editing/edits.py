@@ -88,7 +88,10 @@ def _same(a: Tensor, b: Tensor) -> bool:
 def _write(model: nn.Module, tensors: Mapping[str, Tensor]) -> None:
     state = _state(model)
     for name, value in tensors.items():
-        state[name].data.copy_(value.to(state[name].device))
+        if state[name].shape != value.shape:  # an edit that resized it (a bank extended): old shape back
+            state[name].data = value.to(state[name].device, state[name].dtype).clone()
+        else:
+            state[name].data.copy_(value.to(state[name].device))
 
 
 # --------------------------------------------------------------------------- base
@@ -102,6 +105,8 @@ class Edit:
     """
 
     kind: ClassVar[str] = ""
+    #: tensors (by their last name) where NaN is a value, not a failure (e.g. "unknown" accuracies)
+    may_hold_nan: ClassVar[tuple[str, ...]] = ()
 
     # -- to implement
     def check(self, model: nn.Module) -> list[str]:
@@ -140,9 +145,12 @@ class Edit:
             record.units = list(self.check(model))
             with torch.no_grad():
                 self.mutate(model, record)
-            changed = [k for k, v in _state(model).items() if not _same(v.detach(), before[k])]
+            state = _state(model)  # live again: an edit may have replaced or resized tensors
+            changed = [k for k, v in state.items() if not _same(v.detach(), before[k])]
             for k in changed:
                 v = state[k].detach()
+                if k.rsplit(".", 1)[-1] in self.may_hold_nan:
+                    continue
                 if v.is_floating_point() and not torch.isfinite(v).all():
                     raise ValueError(f"the {self.kind!r} edit would write NaN or inf into {k!r}")
             hook = self.intervention(model)
@@ -187,6 +195,12 @@ class Edit:
         self.check(model)
         self._record = record
         self._attach(model, self.intervention(model))
+
+    @classmethod
+    def prepare_load(cls, model: nn.Module, record: EditRecord) -> None:
+        """Before a checkpoint's parameters load into ``model``: give it the structure this
+        applied edit left (an edit that changes tensor shapes or unit names overrides this).
+        Default: nothing."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: ``{"kind": ..., field: value, ...}`` (tensors stay tensors)."""
@@ -676,6 +690,198 @@ def _reaches(loss: Tensor, param: Tensor) -> bool:
     return torch.autograd.grad(loss, param, retain_graph=True, allow_unused=True)[0] is not None
 
 
+def _bank_of(model: nn.Module) -> Any:
+    """The model's concept bank (``unit_bank()``), or a clear error."""
+    b = bottleneck_of(model)
+    bank = b.unit_bank()
+    if bank is None:
+        raise ValueError(
+            f"a 'replace_bank' edit needs a bottleneck whose units are projections onto a concept bank "
+            f"(a post-hoc concept layer: unit_bank()); {type(b).__name__}'s {b.units().kind}s come from no bank"
+        )
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"a 'replace_bank' edit refits a linear head over the concept units; this model's head is "
+                         f"{type(head).__name__}")
+    return bank
+
+
+def _resize_head(model: nn.Module, width: int) -> None:
+    """Give the model's linear head ``width`` inputs (new weights zero, to be written next)."""
+    head = model.head
+    if head.weight.shape[1] != width:
+        w = head.weight
+        w.data = torch.zeros(w.shape[0], width, dtype=w.dtype, device=w.device)
+    head.in_features = width
+
+
+@register_edit
+@dataclass
+class ReplaceBank(Edit):
+    """Replace or extend the concept bank of a post-hoc model and refit only its head.
+
+    Args:
+        bank: the new concepts — a concept-bank file (``.safetensors``, :meth:`ConceptBank.save`)
+            or inline plain data ``{"names": [...], "vectors": [[...], ...], "intercepts": [...]}``
+            (intercepts optional).
+        mode: ``"replace"`` (the units become the bank's concepts) or ``"extend"`` (the bank's
+            concepts are added after the current ones; its names must be new).
+        data: an ``.npz`` file with arrays ``x`` (features as the model receives them) and ``y``
+            (labels), loaded without pickles; or give ``x`` and ``y`` inline.
+        lam, l1_ratio, solver, seed: the sparse head's settings (:func:`fit_sparse_head`).
+
+    The layer's unit statistics are recomputed on ``x``; the head over the concept units is
+    refitted on ``x, y`` by :func:`~bottlenecks.models.posthoc.fit_sparse_head` and loaded by
+    :func:`~bottlenecks.models.posthoc.load_concept_head` (a residual side channel keeps its
+    identity columns; the residual's parameters are not touched). Extending resizes the layer's
+    buffers and the head's weight; the record keeps the old tensors with their old shapes and the
+    names before/after, so revert, redo and loading a checkpoint restore the structure too.
+    """
+
+    kind: ClassVar[str] = "replace_bank"
+    MODES: ClassVar[tuple[str, ...]] = ("replace", "extend")
+    may_hold_nan: ClassVar[tuple[str, ...]] = ("cav_accuracy",)  # NaN: a concept's accuracy is unknown
+    bank: Any = None
+    mode: str = "replace"
+    data: str | None = None
+    x: Any = None
+    y: Any = None
+    lam: float = 1e-3
+    l1_ratio: float = 0.99
+    solver: str = "sgd"
+    seed: int = 0
+
+    def _new_bank(self, model: nn.Module) -> Any:
+        from pathlib import Path
+
+        from bottlenecks.concepts import ConceptBank
+
+        if self.mode not in self.MODES:
+            raise ValueError(f"replace_bank mode must be one of {list(self.MODES)}, got {self.mode!r}")
+        old = _bank_of(model)
+        if isinstance(self.bank, (str, Path)):
+            if not str(self.bank).endswith(".safetensors"):
+                raise ValueError(f"replace_bank bank is a concept-bank file (.safetensors) or a mapping, got {self.bank!r}")
+            new = ConceptBank.load(self.bank)
+        elif isinstance(self.bank, Mapping):
+            extra = sorted(set(self.bank) - {"names", "vectors", "intercepts"})
+            if extra or not {"names", "vectors"} <= set(self.bank):
+                raise ValueError("replace_bank bank as plain data is {'names': [...], 'vectors': [[...]], "
+                                 f"'intercepts': [...] (optional)}}, got keys {sorted(self.bank)}")
+            try:
+                icpt = self.bank.get("intercepts")
+                new = ConceptBank(list(self.bank["names"]), as_tensor(self.bank["vectors"], "replace_bank vectors"),
+                                  encoder_id=old.encoder_id,
+                                  intercepts=None if icpt is None else as_tensor(icpt, "replace_bank intercepts"))
+            except ValueError as err:
+                raise ValueError(f"replace_bank bank: {err}") from None
+        else:
+            raise ValueError(f"replace_bank bank must be a .safetensors file or {{'names', 'vectors'}}, got {self.bank!r:.80}")
+        b = bottleneck_of(model)
+        new.check_dim(b.in_features, "the encoder features")
+        if self.mode == "replace":
+            return new
+        dup = [n for n in new.names if n in old.names]
+        if dup:
+            raise ValueError(f"replace_bank mode 'extend' adds concepts, but {dup[:5]} are already units of the model")
+        zeros = torch.zeros(len(new))
+        icpt = None
+        if old.intercepts is not None or new.intercepts is not None:
+            icpt = torch.cat([old.intercepts if old.intercepts is not None else torch.zeros(len(old)),
+                              new.intercepts if new.intercepts is not None else zeros])
+        acc = torch.cat([old.accuracy if old.accuracy is not None else torch.full((len(old),), float("nan")),
+                         new.accuracy if new.accuracy is not None else torch.full((len(new),), float("nan"))])
+        return ConceptBank(old.names + new.names, torch.cat([old.vectors.cpu(), new.vectors]),
+                           encoder_id=old.encoder_id, intercepts=icpt, accuracy=acc, source="edited")
+
+    def _data(self, model: nn.Module) -> tuple[Tensor, Tensor]:
+        if self.data is not None:
+            import numpy as np
+
+            if self.x is not None or self.y is not None:
+                raise ValueError("replace_bank takes its training data from `data` (an .npz) or from `x` and `y`, not both")
+            if not isinstance(self.data, str) or not self.data.endswith(".npz"):
+                raise ValueError(f"replace_bank data must be the path of an .npz file with arrays x and y, got {self.data!r}")
+            try:
+                arrays = np.load(self.data, allow_pickle=False)
+            except FileNotFoundError:
+                raise ValueError(f"replace_bank data: no file {self.data!r}") from None
+            if "x" not in arrays.files or "y" not in arrays.files:
+                raise ValueError(f"replace_bank data: {self.data} needs arrays x and y, has {arrays.files}")
+            xv, yv = arrays["x"], arrays["y"]
+        else:
+            xv, yv = self.x, self.y
+        if xv is None or yv is None:
+            raise ValueError("replace_bank needs training data for the head: `data` (an .npz with x, y) or `x` and `y`")
+        x = as_tensor(xv, "replace_bank x")
+        y = as_tensor(yv, "replace_bank y", torch.long)
+        b = bottleneck_of(model)
+        if x.dim() != 2 or y.dim() != 1 or len(x) != len(y) or len(x) < 2 or x.shape[1] != b.in_features:
+            raise ValueError(f"replace_bank needs x (n, {b.in_features}) and y (n,) with the same n >= 2, got "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
+        return x, y
+
+    def check(self, model: nn.Module) -> list[str]:
+        bank = self._new_bank(model)
+        self._data(model)
+        if self.solver not in ("sgd", "saga"):
+            raise ValueError(f"replace_bank solver must be 'sgd' or 'saga', got {self.solver!r}")
+        old = set(model_units(model).names)
+        return [n for n in bank.names if n not in old] if self.mode == "extend" else list(bank.names)
+
+    def mutate(self, model: nn.Module, record: EditRecord) -> None:
+        from bottlenecks.models.posthoc import _accuracy, concept_inputs, fit_sparse_head, load_concept_head
+
+        b = bottleneck_of(model)
+        bank = self._new_bank(model)
+        x, y = self._data(model)
+        dev = model_device(model)
+        names_before = list(model_units(model).names)
+        acc_before = _accuracy(model, x.to(dev), y)[0]
+        with EvalMode(model):
+            b.set_unit_bank(bank, model.norm(x.to(dev)) if hasattr(model, "norm") else x.to(dev))
+        _resize_head(model, b.out_features)
+        u, _ = concept_inputs(model, x)
+        W, bias = fit_sparse_head(u, y, model.head.out_features, lam=float(self.lam), l1_ratio=float(self.l1_ratio),
+                                  solver=self.solver, seed=int(self.seed))
+        load_concept_head(model, W, bias)
+        record.info.update(names_before=names_before, names_after=list(model_units(model).names),
+                           acc_before=acc_before, acc_after=_accuracy(model, x.to(dev), y)[0])
+
+    # -- structure (names, shapes) follows the tensors on every path
+    @staticmethod
+    def _sync(model: nn.Module, names: list[str]) -> None:
+        b = bottleneck_of(model)
+        if list(b.units().names) != list(names):
+            b.set_unit_bank(list(names))
+        head = getattr(model, "head", None)
+        if isinstance(head, nn.Linear):
+            head.in_features = head.weight.shape[1]
+
+    def apply(self, model: nn.Module) -> Edit:
+        names = list(model_units(model).names)
+        try:
+            return super().apply(model)
+        except BaseException:
+            self._sync(model, names)  # the tensors are back (old shapes); the names follow
+            raise
+
+    def revert(self, model: nn.Module) -> None:
+        names = self.record.info["names_before"]
+        super().revert(model)
+        self._sync(model, names)
+
+    def _restore(self, model: nn.Module, record: EditRecord) -> None:
+        self._sync(model, record.info["names_after"])
+        self._record = record
+        self._attach(model, None)
+
+    @classmethod
+    def prepare_load(cls, model: nn.Module, record: EditRecord) -> None:
+        bottleneck_of(model).set_unit_bank(list(record.info["names_after"]))
+        _resize_head(model, bottleneck_of(model).out_features)
+
+
 # ------------------------------------------------------------------ from plain data
 def edit_from_dict(spec: Mapping[str, Any]) -> Edit:
     """Build an edit from plain data ``{"kind": ..., field: value, ...}``.
@@ -739,6 +945,7 @@ __all__ = [
     "ForceCodes",
     "HeadWeight",
     "RemoveUnit",
+    "ReplaceBank",
     "RetrainValues",
     "SetUnitValues",
     "SuppressCodes",

@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bottlenecks.analysis.model_access import bottleneck_of
-from bottlenecks.editing.edits import Edit, EditRecord, _same, _state, _write, edit_from_dict
+from bottlenecks.editing.edits import EDIT_KINDS, Edit, EditRecord, _same, _state, _write, edit_from_dict
 
 LOG_VERSION = 1
 
@@ -167,7 +167,9 @@ class EditLog:
                 rows.append(DiffRow(i, e.kind, "<forward hook>", 0, 0, 0.0, list(rec.units)))
             for name, after in rec.after.items():
                 before = rec.before[name]
-                if after.is_floating_point():
+                if after.shape != before.shape:  # resized (a bank extended): every entry is new
+                    changed, mx = after.numel(), float("nan")
+                elif after.is_floating_point():
                     delta = (after.double() - before.double()).abs()
                     changed = int((delta > 0).sum())
                     mx = float(delta.max()) if delta.numel() else 0.0
@@ -252,6 +254,17 @@ class EditLog:
             edit._redo_record = rec
         self.applied = [e for e, _ in applied]
         self.undone = [e for e, _ in undone]
+
+
+def prepare_for_log(model: nn.Module, state: Mapping[str, Any]) -> None:
+    """Before a checkpoint's parameters load: let each applied edit of its log give the model the
+    structure it left (:meth:`Edit.prepare_load`: unit names and tensor shapes of a bank edit)."""
+    if not isinstance(state, Mapping) or state.get("version") != LOG_VERSION:
+        return  # load_state names what is wrong
+    for e in state.get("applied", []):
+        cls = EDIT_KINDS.get(e["edit"].get("kind"))
+        if cls is not None:
+            cls.prepare_load(model, EditRecord.from_state(e["record"]))
 
 
 def edit_log(model: nn.Module) -> EditLog:

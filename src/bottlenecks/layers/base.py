@@ -288,6 +288,25 @@ class Bottleneck(NamedConcepts, nn.Module):
             return UnitReadout(tuple((i,) for i in range(self.out_features)))
         return None
 
+    def unit_bank(self) -> Any | None:
+        """The :class:`~bottlenecks.concepts.ConceptBank` the units are projections onto (post-hoc
+        concept layers), or None when the units come from no bank. Bank edits
+        (``replace_bank``) need it. Default: None."""
+        return None
+
+    def set_unit_bank(self, bank: Any, h: Tensor | None = None) -> None:
+        """Make the units those of ``bank``.
+
+        ``bank`` a ConceptBank: take its names and vectors (buffers resized when the number of
+        units changes) and, with ``h`` (training features as the layer sees them), recompute
+        what the layer derives from the vectors (unit statistics). ``bank`` a list of names:
+        structure only (names, sizes; tensors kept when the size matches), for a restore that
+        writes the tensors next. Default: an error (no bank)."""
+        raise ValueError(
+            f"{type(self).__name__} has no concept bank: its {self.units().kind}s are not projections onto "
+            "named concept vectors (unit_bank() is None)"
+        )
+
     def unit_gates(self) -> dict[str, Tensor]:
         """Switches that act on units at inference, by name (``"suppressed"``, ``"forced"``):
         bool ``(n_units,)`` copies, True where the switch is on. Default: none."""

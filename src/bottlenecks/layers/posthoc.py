@@ -192,6 +192,43 @@ class PosthocConceptBottleneck(ConceptLayer):
         return ConceptBank(self.concept_names, self.vectors.clone(), encoder_id=self._encoder_id,
                            intercepts=self.intercepts.clone(), accuracy=self.cav_accuracy.clone(), source=self.source)
 
+    # ------------------------------------------------------------------ bank edits
+    _BANK_BUFFERS = ("vectors", "intercepts", "score_mean", "score_std", "logit_scale", "logit_shift",
+                     "on_value", "off_value", "cav_accuracy")
+
+    def unit_bank(self) -> Any:
+        """The layer's concept bank (:meth:`concept_bank`)."""
+        return self.concept_bank()
+
+    @torch.no_grad()
+    def set_unit_bank(self, bank: Any, h: Tensor | None = None) -> None:
+        """Swap the concept vectors for ``bank``'s (see :meth:`Bottleneck.set_unit_bank`). The
+        buffers change shape when the number of concepts does; the residual (PCBM-h) and its
+        feature statistics are not touched."""
+        from bottlenecks.concepts import ConceptBank
+
+        from bottlenecks.layers.base import check_concept_names
+
+        is_bank = isinstance(bank, ConceptBank)
+        names = check_concept_names(list(bank.names if is_bank else bank), len(bank.names if is_bank else bank))
+        if is_bank:
+            bank.check_dim(self.in_features, "the encoder features")
+            bank.check_encoder(self._encoder_id, "the data's encoder")
+        n = len(names)
+        if self.vectors.shape[0] != n:  # tensors get their new size (zeros, NaN accuracies) before being written
+            for name in self._BANK_BUFFERS:
+                old = getattr(self, name)
+                fill = float("nan") if name == "cav_accuracy" else 0.0
+                old.data = torch.full((n, *old.shape[1:]), fill, dtype=old.dtype, device=old.device)
+        self.concept_names = names
+        self.out_features = n + (self.residual.out_features if self.residual is not None else 0)
+        if not is_bank:
+            return
+        self.cav_accuracy.fill_(float("nan"))
+        self._set_bank(bank)
+        if h is not None:
+            self._unit_statistics(h.float())
+
     # ------------------------------------------------------------------ contract
     def needs_data_init(self) -> bool:
         return not bool(self.fitted)
@@ -239,6 +276,16 @@ class PosthocConceptBottleneck(ConceptLayer):
         if k >= n:
             warnings.warn(f"{k} concepts but only {n} training examples to fit the head on: more concepts than the "
                           "data can support; expect an overfit head", stacklevel=2)
+        self._unit_statistics(h)
+        if self.residual is not None:
+            self.feature_mean.copy_(h.mean(0))
+            self.feature_std.copy_(h.std(0).clamp_min(1e-6))
+        self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def _unit_statistics(self, h: Tensor) -> None:
+        """What the layer derives from its vectors on training features ``h``: the units'
+        mean and std, the concept-logit affine map, the on/off values of interventions."""
         dev = h.device
         s = self._scores(h)
         mean, std = s.mean(0), s.std(0).clamp_min(1e-6)
@@ -257,10 +304,6 @@ class PosthocConceptBottleneck(ConceptLayer):
         off = torch.where(~present, u, torch.zeros_like(u)).sum(0) / cnt_off.clamp_min(1)
         self.on_value.copy_(torch.where(cnt_on > 0, on, torch.ones_like(on)).to(dev))
         self.off_value.copy_(torch.where(cnt_off > 0, off, -torch.ones_like(off)).to(dev))
-        if self.residual is not None:
-            self.feature_mean.copy_(h.mean(0))
-            self.feature_std.copy_(h.std(0).clamp_min(1e-6))
-        self.fitted.fill_(True)
 
     def _scores(self, h: Tensor) -> Tensor:
         v = self.vectors

@@ -451,6 +451,10 @@ class BottleneckModel(L.LightningModule):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         pending = self.__dict__.pop("_pending_edit_log", None)
+        if pending:  # edits that reshaped the model (a bank extended) reshape it first
+            from bottlenecks.editing.log import prepare_for_log
+
+            prepare_for_log(self, pending)
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         if pending is not None:  # loading a checkpoint: its edit log replaces the current one
             from bottlenecks.editing.log import EditLog
