@@ -148,3 +148,12 @@ def test_bad_bank_edits_are_refused_and_leave_the_model_unchanged(pcbm):
     with pytest.raises(ValueError, match="ConceptBottleneck's concepts come from no bank"):
         cbm.edits.apply({"kind": "replace_bank", "bank": {"names": ["p"], "vectors": v[:1]}, **data})
     _assert_same_state(cbm, cstate)
+
+
+def test_an_edit_file_names_the_bank_and_the_data_relative_to_itself(tmp_path):
+    from bottlenecks.editing.cli import read_edit_file
+
+    (tmp_path / "edits.yaml").write_text(
+        "edits:\n  - kind: replace_bank\n    mode: extend\n    bank: banks/more.safetensors\n    data: train.npz\n")
+    spec = read_edit_file(tmp_path / "edits.yaml")["edits"][0]
+    assert spec["bank"] == str(tmp_path / "banks" / "more.safetensors") and spec["data"] == str(tmp_path / "train.npz")

@@ -12,6 +12,10 @@ The edit file::
       - kind: repair
         x: shifted_support.npz:x          # arrays: FILE.npy or FILE.npz:KEY (relative to this file)
         y: shifted_support.npz:y
+      - kind: replace_bank                # files the edit reads itself (bank, data): relative to this file
+        mode: extend
+        bank: more_concepts.safetensors
+        data: head_train.npz              # arrays x and y
     evaluate:                             # optional: .npz files with arrays x and y
       source: source_test.npz
       target: shifted_test.npz
@@ -34,6 +38,8 @@ import yaml
 
 _ARRAY = re.compile(r"^(?P<file>.+\.(?:npy|npz))(?::(?P<key>[\w\-]+))?$")
 _PLAIN_FIELDS = ("kind", "op", "units")
+#: fields that name a file the edit reads itself (replace_bank's bank and data): paths, made relative to the edit file
+_FILE_FIELDS = ("bank", "data")
 
 
 def load_array(spec: str, base: Path) -> torch.Tensor:
@@ -56,8 +62,15 @@ def load_array(spec: str, base: Path) -> torch.Tensor:
 def _resolve_arrays(spec: Any, base: Path) -> Any:
     if not isinstance(spec, dict):
         return spec
-    return {k: load_array(v, base) if isinstance(v, str) and k not in _PLAIN_FIELDS and _ARRAY.match(v) else v
-            for k, v in spec.items()}
+    out = {}
+    for k, v in spec.items():
+        if isinstance(v, str) and k in _FILE_FIELDS:
+            out[k] = str(base / v) if not Path(v).is_absolute() else v
+        elif isinstance(v, str) and k not in _PLAIN_FIELDS and _ARRAY.match(v):
+            out[k] = load_array(v, base)
+        else:
+            out[k] = v
+    return out
 
 
 def _split(spec: Any, base: Path, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
