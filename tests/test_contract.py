@@ -179,3 +179,15 @@ def test_every_bottleneck_enumerates_and_reads_its_units(cls):
     assert isinstance(b.loss_terms(b(h), batch), dict)
     assert isinstance(b.optimizer_param_groups(), list) and isinstance(b.side_channel_parameters(), list)
     assert isinstance(b.predicts_task, bool)
+
+
+@pytest.mark.parametrize("cls", BOTTLENECKS, ids=lambda c: c.__name__)
+def test_data_initialisation_runs_once_and_survives_the_state_dict(cls):
+    """A resumed run restores the weights before fit start: a layer that was initialised must not
+    ask for (and redo) its data-dependent initialisation, or resuming would overwrite what it learned."""
+    b = _init(_build(cls))
+    assert not b.needs_data_init(), f"{cls.__name__} still asks for data init after init_from_data"
+    fresh = _build(cls)
+    if fresh.needs_data_init():
+        fresh.load_state_dict(b.state_dict())
+        assert not fresh.needs_data_init(), f"{cls.__name__} forgets its initialisation across the state dict"

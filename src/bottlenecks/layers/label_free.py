@@ -155,7 +155,8 @@ class LanguageConceptLayer(ConceptLayer):
 
     # ------------------------------------------------------------------ text space
     def needs_data_init(self) -> bool:
-        return True
+        # once initialised (or restored from a checkpoint) the text space and statistics stay
+        return not bool(self.initialised)
 
     def init_from_data(
         self,

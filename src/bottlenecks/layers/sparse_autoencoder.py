@@ -316,7 +316,8 @@ class DiscoverThenNameCBM(Bottleneck):
 
     # ------------------------------------------------------------------ discovery
     def needs_data_init(self) -> bool:
-        return True
+        # a fitted SAE (also one restored from a checkpoint when a run resumes) is never refitted
+        return not bool(self.fitted)
 
     def init_from_data(
         self,
