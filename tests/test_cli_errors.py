@@ -58,6 +58,12 @@ def test_config_mistakes_are_one_line_with_the_closest_option(tmp_path, capsys, 
     assert expected in _error_line(capsys, _args(tmp_path, "fit", *extra))
 
 
+def test_misspelled_subcommand_names_every_command(capsys):
+    line = _error_line(capsys, ["reprot", "runs/x"])
+    assert "unknown subcommand 'reprot' (did you mean 'report'?)" in line
+    assert all(f"'{c}'" in line for c in ("fit", "validate", "test", "predict", "edit", "report"))
+
+
 def test_misspelled_key_in_a_yaml_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(Path(CONFIG).read_text().replace("    weight_decay:", "    weight_decai:"))

@@ -66,6 +66,10 @@ def describe_config_error(message: str, parser: Any = None, subcommand: str | No
     choice = re.search(r"argument (\w+): invalid choice: '([^']*)' \(choose from (.*)\)", text)
     if choice:
         options = re.findall(r"'([^']*)'", choice.group(3))
+        if choice.group(1) == "subcommand":  # the commands that are not Lightning runs too
+            from bottlenecks.cli import TOOLS
+
+            options += [t for t in TOOLS if t not in options]
         return f"unknown {choice.group(1)} {choice.group(2)!r}{_closest(choice.group(2), options)}; choose from {options}"
     keys = re.findall(r'Parser key "([^"]+)"', text)
     key = ".".join(keys) if keys else "config"
