@@ -12,27 +12,13 @@ import yaml
 
 from bottlenecks.cli import main
 from bottlenecks.models.module import BottleneckModel
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
+from test_encoders import tiny_clip  # noqa: F401 - fixture
 
 @pytest.fixture(scope="module")
-def clip_spec(tmp_path_factory):
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip")
-    cfg = folder / "bn-lcbm-clip.json"
-    cfg.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(cfg)
-    torch.manual_seed(0)
-    model = open_clip.create_model("bn-lcbm-clip", pretrained=None).eval()
-    ckpt = folder / "tiny.pt"
-    torch.save(model.state_dict(), ckpt)
-    return {"name": "open_clip:bn-lcbm-clip", "pretrained": str(ckpt), "model_config": str(cfg)}
+def clip_spec(tiny_clip):
+    """The tiny random open_clip model of the encoder tests (image and text towers), as a spec."""
+    _, cfg, ckpt = tiny_clip
+    return {"name": "open_clip:bn-tiny-clip", "pretrained": ckpt, "model_config": cfg}
 
 
 BOTTLENECKS = {

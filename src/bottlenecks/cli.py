@@ -411,22 +411,18 @@ class BottlenecksCLI(LightningCLI):
 
 def _drop_unaccepted_init_args(config: dict[str, Any]) -> None:
     """Remove ``init_args`` entries the ``class_path`` class does not accept."""
-    import importlib
-    import inspect
+    from bottlenecks.naming import accepted_options
 
     path, init_args = config.get("class_path"), config.get("init_args")
     if not isinstance(path, str) or not isinstance(init_args, dict) or "." not in path:
         return
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-        params = inspect.signature(cls.__init__).parameters
-    except (ImportError, AttributeError, ValueError, TypeError):
+    accepted = accepted_options(path)
+    if accepted is None:
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    for key in [k for k in init_args if k not in params]:
+    for key in [k for k in init_args if k not in accepted]:
         del init_args[key]
+
+
 def _class_path(node: Any, key: str) -> str | None:
     """``node[init_args][key][class_path]`` (or ``node[key][class_path]``) as a string, if present."""
     node = node.get("init_args", node) if hasattr(node, "get") else None

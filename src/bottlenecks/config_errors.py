@@ -36,12 +36,9 @@ def _options(parser: Any, subcommand: str | None) -> list[str]:
 
 
 def _init_params(class_path: str) -> list[str]:
-    try:
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-        return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-    except Exception:  # noqa: BLE001 - a suggestion is optional
-        return []
+    from bottlenecks.naming import accepted_options
+
+    return accepted_options(class_path) or []  # a suggestion is optional
 
 
 def _module_classes(module: str) -> list[str]:

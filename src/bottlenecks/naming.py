@@ -95,6 +95,23 @@ def accepts_renamed(func: Callable) -> Callable:
     return wrapper
 
 
+def accepted_options(class_path: str) -> list[str] | None:
+    """The ``__init__`` options of the class a config's ``class_path`` names (without ``self``);
+    None when the class cannot be imported or also takes ``**kwargs`` (anything is accepted)."""
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [p for p in params if p != "self"]
+
+
 def upgrade_config(node: Any) -> Any:
     """Rename old options in a config tree (``class_path`` / ``init_args`` mappings), in place."""
     if isinstance(node, dict):

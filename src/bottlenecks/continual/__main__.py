@@ -9,8 +9,6 @@ accepts them and the config leaves them out.
 from __future__ import annotations
 
 import copy
-import importlib
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +16,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from bottlenecks.continual.harness import run_experiment
-from bottlenecks.naming import upgrade_config
-
-
-def _accepted(class_path: str) -> set[str]:
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-        return set(inspect.signature(cls.__init__).parameters)
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return set()
+from bottlenecks.naming import accepted_options, upgrade_config
 
 
 def fill_links(node: Any, values: dict[str, Any]) -> Any:
@@ -38,7 +27,7 @@ def fill_links(node: Any, values: dict[str, Any]) -> Any:
         if isinstance(path, str):
             init_args = node.setdefault("init_args", {})
             for key, value in values.items():
-                if key in _accepted(path) and key not in init_args and value is not None:
+                if key in (accepted_options(path) or ()) and key not in init_args and value is not None:
                     init_args[key] = value
         for value in node.values():
             fill_links(value, values)

@@ -731,8 +731,8 @@ class ReplaceBank(Edit):
         lam, l1_ratio, solver, seed: the sparse head's settings (:func:`fit_sparse_head`).
 
     The layer's unit statistics are recomputed on ``x``; the head over the concept units is
-    refitted on ``x, y`` by :func:`~bottlenecks.models.posthoc.fit_sparse_head` and loaded by
-    :func:`~bottlenecks.models.posthoc.load_concept_head` (a residual side channel keeps its
+    refitted on ``x, y`` by :func:`~bottlenecks.models.posthoc.fit_concept_head` (the post-hoc
+    CBM's own elastic-net fit; a residual side channel keeps its
     identity columns; the residual's parameters are not touched). Extending resizes the layer's
     buffers and the head's weight; the record keeps the old tensors with their old shapes and the
     names before/after, so revert, redo and loading a checkpoint restore the structure too.
@@ -830,7 +830,7 @@ class ReplaceBank(Edit):
         return [n for n in bank.names if n not in old] if self.mode == "extend" else list(bank.names)
 
     def mutate(self, model: nn.Module, record: EditRecord) -> None:
-        from bottlenecks.models.posthoc import _accuracy, concept_inputs, fit_sparse_head, load_concept_head
+        from bottlenecks.models.posthoc import _accuracy, fit_concept_head
 
         b = bottleneck_of(model)
         bank = self._new_bank(model)
@@ -841,10 +841,8 @@ class ReplaceBank(Edit):
         with EvalMode(model):
             b.set_unit_bank(bank, model.norm(x.to(dev)) if hasattr(model, "norm") else x.to(dev))
         _resize_head(model, b.out_features)
-        u, _ = concept_inputs(model, x)
-        W, bias = fit_sparse_head(u, y, model.head.out_features, lam=float(self.lam), l1_ratio=float(self.l1_ratio),
-                                  solver=self.solver, seed=int(self.seed))
-        load_concept_head(model, W, bias)
+        fit_concept_head(model, x, y, head="elasticnet", lam=float(self.lam), l1_ratio=float(self.l1_ratio),
+                         solver=self.solver, seed=int(self.seed))
         record.info.update(names_before=names_before, names_after=list(model_units(model).names),
                            acc_before=acc_before, acc_after=_accuracy(model, x.to(dev), y)[0])
 

@@ -37,11 +37,6 @@ from bottlenecks.losses.vib import gaussian_kl, gaussian_log_prob, mixture_log_p
 Activation = Literal["relu", "tanh", "gelu"]
 
 
-def make_mlp(in_features: int, hidden: list[int], out_features: int, activation: Activation = "relu") -> nn.Sequential:
-    """``Linear → act → ... → Linear`` whose submodules are hooked by name (``encoder.0``, ...)."""
-    return mlp(in_features, hidden, out_features, activation, sequential=True)  # type: ignore[return-value]
-
-
 class GaussianBottleneck(Bottleneck):
     """Variational information bottleneck layer (Alemi et al. 2017).
 
@@ -91,7 +86,7 @@ class GaussianBottleneck(Bottleneck):
         self.std_offset = std_offset
         self.min_std = min_std
         self.sample_eval = sample_eval
-        self.encoder = make_mlp(in_features, list(hidden or []), 2 * out_features, activation)
+        self.encoder = mlp(in_features, list(hidden or []), 2 * out_features, activation, sequential=True)
         if prior == "learned":
             self.prior_mu = nn.Parameter(torch.zeros(out_features))
             self.prior_log_std = nn.Parameter(torch.zeros(out_features))
@@ -187,9 +182,9 @@ class CSIBBottleneck(Bottleneck):
         self.noise_std = noise_std
         self.sigma_x, self.sigma_t, self.sigma_y, self.sigma_cond = sigma_x, sigma_t, sigma_y, sigma_cond
         self.objective = CSIBLoss(sigma_x=sigma_x, sigma_t=sigma_t, sigma_y=sigma_y, sigma_cond=sigma_cond)
-        self.encoder = make_mlp(in_features, list(hidden if hidden is not None else [64]), latent_dim, activation)
+        self.encoder = mlp(in_features, list(hidden if hidden is not None else [64]), latent_dim, activation, sequential=True)
         self.act = make_activation(activation)
-        self.decoder = make_mlp(latent_dim, list(decoder_hidden or []), out_features, activation)
+        self.decoder = mlp(latent_dim, list(decoder_hidden or []), out_features, activation, sequential=True)
 
     def forward(self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None) -> BottleneckOutput:
         self.check_input(h)
@@ -264,7 +259,7 @@ class ContrastiveVIBBottleneck(Bottleneck):
         self.temperature = temperature
         self.prune_threshold = prune_threshold
         self.supervised_contrast = supervised_contrast
-        self.full = make_mlp(in_features, list(hidden or []), out_features, activation)
+        self.full = mlp(in_features, list(hidden or []), out_features, activation, sequential=True)
         self.gate_mu = nn.Parameter(torch.ones(out_features))
         self.gate_log_std = nn.Parameter(torch.full((out_features,), math.log(0.1)))
 
@@ -331,7 +326,7 @@ class NoisyBottleneck(Bottleneck):
         self.in_features = in_features
         self.out_features = out_features
         self.noise_std = noise_std
-        self.encoder = make_mlp(in_features, list(hidden or []), out_features, activation)
+        self.encoder = mlp(in_features, list(hidden or []), out_features, activation, sequential=True)
         if final_activation:
             self.encoder.append(make_activation(activation))
 
