@@ -185,6 +185,7 @@ class BottleneckDataModule(FeatureDataModule):
         self.num_workers = num_workers
         self._datasets: dict[str, ConceptDataset] = {}
         self._encoder = None
+        self._on_demand = False
         probe = self.dataset("train")
         self.concept_names = probe.concept_names
         self.num_classes = probe.num_classes
@@ -224,15 +225,23 @@ class BottleneckDataModule(FeatureDataModule):
             return torch.stack([ds[i]["x"].float().reshape(-1) for i in range(len(ds))])
         from bottlenecks.encoders import FeatureCache
 
-        identity = {**self.encoder.cache_identity(), "dataset": ds.fingerprint(), "split": split}
-        cache = FeatureCache(Path(self.cache_dir))
-        return cache.get_or_compute(
-            identity,
-            lambda: self.encoder.encode_dataset(
-                ds, batch_size=self.encode_batch_size, num_workers=self.num_workers, desc=f"encoding {split}"
-            ),
-            expected_rows=len(ds),
+        # Under DDP, Lightning calls setup() on every rank: each encodes a shard of the split
+        # and all read one merged cache entry. A split loaded on demand (split(), perhaps on
+        # rank 0 only, e.g. by a report) must not wait for the other ranks.
+        return FeatureCache(Path(self.cache_dir)).encode(
+            self.encoder, ds, split, batch_size=self.encode_batch_size, num_workers=self.num_workers,
+            cooperative=not self._on_demand,
         )
+
+    def split(self, name: str) -> FeatureBatches:
+        """The feature tensors of one split, loaded now if ``setup`` has not (no collectives then)."""
+        if name in self._splits:
+            return self._splits[name]
+        self._on_demand = True
+        try:
+            return super().split(name)
+        finally:
+            self._on_demand = False
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

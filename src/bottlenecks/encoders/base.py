@@ -376,8 +376,9 @@ class FrozenEncoder(nn.Module):
         num_workers: int = 0,
         progress: bool = True,
         desc: str | None = None,
+        indices: Sequence[int] | None = None,
     ) -> Tensor:
-        """Encode every item of a dataset, in index order.
+        """Encode every item of a dataset (or the items at ``indices``), in index order.
 
         Args:
             dataset: a map-style dataset (e.g. a ``ConceptDataset``) whose items are
@@ -388,9 +389,11 @@ class FrozenEncoder(nn.Module):
             progress: show a tqdm bar (``"encoding train with lite0"``).
             desc: what is being encoded, e.g. ``"encoding train"``; the bar adds
                 ``" with <encoder name>"``.
+            indices: encode only these items (e.g. ``range(start, stop)``, one rank's shard).
 
         Returns:
-            ``(len(dataset), feature_dim)`` float32 CPU tensor; row ``i`` is item ``i``.
+            ``(len(dataset), feature_dim)`` float32 CPU tensor; row ``i`` is item ``i``
+            (with ``indices``: ``(len(indices), feature_dim)``, row ``j`` is item ``indices[j]``).
         """
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
@@ -403,10 +406,19 @@ class FrozenEncoder(nn.Module):
                 f"{type(dataset).__name__} holds precomputed feature vectors (kind='features'); "
                 f"encode it with the 'identity' encoder, not {self.name!r}"
             )
-        n = len(dataset)
+        source = dataset
+        if indices is not None:
+            from torch.utils.data import Subset
+
+            total = len(dataset)
+            bad = [i for i in indices if not 0 <= int(i) < total]
+            if bad:
+                raise IndexError(f"indices {bad[:5]} are outside {type(dataset).__name__} of length {total}")
+            source = Subset(dataset, list(indices))
+        n = len(source)
         out = torch.empty(n, self.feature_dim, dtype=torch.float32)
         loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_stack_x
+            source, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_stack_x
         )
         label = f"{desc or 'encoding'} with {self.name}"
         done = 0
