@@ -89,6 +89,26 @@ def run(rank: int, world: int, out: str, port: int) -> None:
         dist.destroy_process_group()
 
 
+def run_failing(rank: int, world: int, out: str, port: int) -> None:
+    """Rank 1's compute raises: every rank must raise (none waits forever); the message goes to ``error<r>.txt``."""
+    import torch.distributed as dist
+
+    from bottlenecks.encoders import FeatureCache
+
+    def compute_rows(start: int, stop: int) -> Tensor:
+        if rank == 1:
+            raise ValueError("rank 1 cannot read its images")
+        return torch.zeros(stop - start, 3)
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        FeatureCache(Path(out) / "cache").get_or_compute_rows({"what": "failing"}, compute_rows, 10)
+    except Exception as e:  # noqa: BLE001 - the test reads what each rank raised
+        (Path(out) / f"error{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+    finally:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     import torch.multiprocessing as mp
 

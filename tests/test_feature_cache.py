@@ -338,18 +338,7 @@ def test_ranks_encode_shards_and_share_one_merged_entry(tmp_path: Path) -> None:
     from _ddp_cache_worker import SIZES, CountingData, run
 
     # forked (the children reuse this process's imports), joined with a timeout: a hang fails
-    ctx, port = mp.get_context("fork"), _free_port()
-    procs = [ctx.Process(target=run, args=(r, 2, str(tmp_path), port)) for r in range(2)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 90
-    for p in procs:
-        p.join(max(1.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-    assert not hung, "the ranks did not finish within 90 s (a collective waits for a rank that never comes)"
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert _fork_ranks(run, tmp_path) == [0, 0]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
 
     single = CountingData(str(tmp_path / "single-process-cache"))
@@ -367,6 +356,35 @@ def test_ranks_encode_shards_and_share_one_merged_entry(tmp_path: Path) -> None:
         ds = single.dataset(split)
         d = cache.entry_dir({**single.encoder.cache_identity(), "dataset": ds.fingerprint(), "split": split})
         assert entry_files(d) == [".lock", "features.npy", "meta.json"]  # shards merged and removed
+
+
+def _fork_ranks(target, out: Path, world: int = 2, timeout: float = 90) -> list[int]:
+    """Run ``target(rank, world, out, port)`` in ``world`` forked processes; fail if they hang."""
+    ctx, port = mp.get_context("fork"), _free_port()
+    procs = [ctx.Process(target=target, args=(r, world, str(out), port)) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, f"the ranks did not finish within {timeout} s (a collective waits for a rank that never comes)"
+    return [p.exitcode for p in procs]
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _ddp_cache_worker import run_failing
+
+    assert _fork_ranks(run_failing, tmp_path) == [0, 0]
+    assert (tmp_path / "error1.txt").read_text() == "ValueError: rank 1 cannot read its images"
+    assert "rank(s) [1] failed" in (tmp_path / "error0.txt").read_text()
+    d = FeatureCache(tmp_path / "cache").entry_dir({"what": "failing"})
+    assert entry_files(d) == [".lock"]  # no entry, and rank 0's shard removed before the lock was released
 
 
 def test_shard_bounds_cover_rows_in_order() -> None:

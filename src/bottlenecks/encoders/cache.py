@@ -16,13 +16,22 @@ Guarantees:
 * **Verified reads.** On every read: meta present and parseable, identity equal to
   the requested one, array header matching meta's shape/dtype, file size equal to
   header + data, optional row count, and the sha256 of the array bytes (about 25 ms
-  for 10k x 1280 float32 on one core; see ``benchmarks/feature_cache.py``).
+  for 10k x 1280 float32 on one core; see ``benchmarks/bench_feature_cache.py``).
 * **No leftovers.** A writer killed mid-write leaves ``.features.npy.tmp-*`` behind; the next
   access to the entry removes such files once it holds the entry's lock (no live writer
   can own them then).
 * **Never trusted, never silently deleted.** A corrupt, truncated or stale entry
   raises a :class:`FeatureCacheWarning` naming the reason; its files are renamed
   ``*.corrupt-<timestamp>`` and the features are computed again.
+* **Several processes, one entry.** Under ``torch.distributed`` with several ranks (Lightning
+  DDP), :meth:`FeatureCache.encode` / :meth:`FeatureCache.get_or_compute_rows` are collectives:
+  rank 0 takes the entry's lock, every rank computes one contiguous shard of the rows and
+  writes it atomically as ``.shard-<rank>-of-<world>.npy`` in the entry's folder, rank 0
+  streams the shards into the normal entry (same atomic write and checksum; no concatenated
+  copy in memory), deletes them and releases the lock, and every rank then reads the merged
+  entry with the usual verification. An error on any rank is raised on every rank (no rank is
+  left waiting). Shards left by a killed job are stale files like the temporaries above. The
+  cache folder must be on a filesystem all ranks share (a clear error says so otherwise).
 * **Memory-mapped results.** The returned tensor shares memory with a copy-on-write
   mapping of the file (``np.load(mmap_mode="c")``): no copy is made, pages are read
   on demand, and in-place writes to the tensor stay private to the process.
@@ -447,6 +456,8 @@ class FeatureCache:
                     d.mkdir(parents=True, exist_ok=True)
                     held.enter_context(_exclusive_lock(d / LOCK))
                     _delete(_stale_files(d))
+                    # whatever happens, no shard outlives the lock (runs before it is released)
+                    held.callback(lambda: _delete(list(d.glob(f"{SHARD_PREFIX}*"))))
                     present = self._read_or_move_aside(d, ident, rows)
                 except Exception as e:  # noqa: BLE001 - re-raised below on this rank, reported on the others
                     err = e
