@@ -162,7 +162,9 @@ class BottleneckDataModule(FeatureDataModule):
         cache_dir: folder of the feature cache.
         batch_size / eval_batch_size: training / evaluation batch sizes.
         encode_batch_size: images per encoder forward pass when filling the cache.
-        num_workers: worker processes that render/load images while encoding.
+        num_workers: worker processes that render/load (and, for a CPU encoder, normalise)
+            images while encoding; ``"auto"``: see :func:`bottlenecks.encoders.base.auto_workers`.
+            Under DDP each rank encodes its shard of each split (docs/performance.md).
         seed: seed of the shuffling order.
     """
 
@@ -174,7 +176,7 @@ class BottleneckDataModule(FeatureDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 1024,
         encode_batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
