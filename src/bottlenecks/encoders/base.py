@@ -580,9 +580,7 @@ class FrozenEncoder(nn.Module):
         size = getattr(self.transform, "image_size", None)
         if size is None or not bf16_supported(device):
             return False
-        x = self.transform(calibration_images(int(size)).to(device or "cpu"))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.prepare(calibration_images(int(size)).to(device or "cpu"))
         with torch.inference_mode(), torch_threads(None if self.num_threads == "auto" else self.num_threads):
             ref = self(x).float()
             with _autocast(x.device, "bf16"):
