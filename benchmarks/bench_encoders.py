@@ -137,7 +137,7 @@ def competing_load(threads: int = 2) -> Iterator[None]:
 def thread_rows(quick: bool, repeats: int) -> list[dict]:
     from bottlenecks.encoders import build_encoder
 
-    size, n, batch = (32, 64, 16) if quick else (96, 64, 16)
+    size, n, batch = (32, 32, 16) if quick else (96, 64, 16)
     name = "tiny conv" if quick else "lite0"
     images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
     encs = {
@@ -154,9 +154,8 @@ def thread_rows(quick: bool, repeats: int) -> list[dict]:
     rows = []
     for loaded in ([False] if quick else [False, True]):
         with competing_load() if loaded else contextlib.nullcontext():
-            for enc in encs.values():  # auto: let the tuner settle on this load
-                for _ in range(4):
-                    run(enc)
+            for _ in range(1 if quick else 4):  # auto: let the tuner settle on this load
+                run(encs["auto"])
             t = medians({k: (lambda e=e: run(e)) for k, e in encs.items()}, repeats)
             machine = load()
         for k in encs:
