@@ -496,3 +496,24 @@ def test_bf16_features_are_close_and_never_share_a_cache_entry_with_fp32(lite0, 
     assert auto.resolved_precision() in ("fp32", "bf16")
     if not bf16_supported(torch.device("cpu")):
         assert auto.resolved_precision() == "fp32"
+
+
+def _tiny_conv(**options) -> FrozenEncoder:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return FrozenEncoder(net, name="tiny_conv", feature_dim=4, transform=ImageTransform(12, interpolation="bilinear"),
+                         architecture="tiny conv", weights="seed-0", **options)
+
+
+def test_workers_prepare_batches_exactly_as_the_encoder_does() -> None:
+    """With workers, the resize + normalise run in the worker processes: same features, same order."""
+    enc, ds = _tiny_conv(num_threads=1), TinyImages(10)
+    direct = enc.encode(torch.stack([ds[i]["x"] for i in range(len(ds))]))
+    in_process = enc.encode_dataset(ds, batch_size=3, progress=False)
+    in_workers = enc.encode_dataset(ds, batch_size=3, num_workers=2, progress=False)
+    torch.testing.assert_close(in_process, direct, rtol=0, atol=1e-6)
+    assert torch.equal(in_workers, in_process)
+    shard = enc.encode_dataset(ds, batch_size=4, progress=False, indices=range(3, 8))
+    assert torch.equal(shard, in_process[3:8])
+    with pytest.raises(IndexError, match=r"indices \[10\] are outside TinyImages of length 10"):
+        enc.encode_dataset(ds, progress=False, indices=[0, 10])
