@@ -109,6 +109,25 @@ def run_failing(rank: int, world: int, out: str, port: int) -> None:
         dist.destroy_process_group()
 
 
+def run_collectives(rank: int, world: int, out: str, port: int) -> None:
+    """bottlenecks.distributed under gloo: saves what each helper returned on this rank to ``coll<r>.pt``."""
+    import torch.distributed as dist
+
+    from bottlenecks import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        mine = torch.full((rank + 1, 2), float(rank))  # unequal row counts: 1 on rank 0, 2 on rank 1
+        summed = distributed.all_reduce_sum_(torch.tensor([rank + 1.0]))
+        sent = distributed.broadcast_(torch.tensor([10.0 * (rank + 1)]), src=1)
+        distributed.barrier()
+        torch.save({"is": distributed.is_distributed(), "rank": distributed.rank(), "world": distributed.world_size(),
+                    "gathered": distributed.all_gather_cat(mine), "summed": summed, "sent": sent},
+                   Path(out) / f"coll{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     import torch.multiprocessing as mp
 

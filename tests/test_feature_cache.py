@@ -387,6 +387,28 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> None:
     assert entry_files(d) == [".lock"]  # no entry, and rank 0's shard removed before the lock was released
 
 
+def test_distributed_helpers_in_one_and_in_two_processes(tmp_path: Path) -> None:
+    import sys
+
+    from bottlenecks import distributed
+
+    t = torch.arange(6.0).reshape(3, 2)
+    assert not distributed.is_distributed() and distributed.rank() == 0 and distributed.world_size() == 1
+    assert distributed.all_gather_cat(t) is t and distributed.broadcast_(t) is t and distributed.all_reduce_sum_(t) is t
+    distributed.barrier()
+    assert torch.equal(t, torch.arange(6.0).reshape(3, 2))
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _ddp_cache_worker import run_collectives
+
+    assert _fork_ranks(run_collectives, tmp_path) == [0, 0]
+    for r in range(2):
+        got = torch.load(tmp_path / f"coll{r}.pt", weights_only=True)
+        assert got["is"] and got["rank"] == r and got["world"] == 2
+        assert torch.equal(got["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+        assert got["summed"].item() == 3.0 and got["sent"].item() == 20.0
+
+
 def test_shard_bounds_cover_rows_in_order() -> None:
     from bottlenecks.encoders.cache import shard_bounds
 
