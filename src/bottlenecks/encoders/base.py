@@ -527,7 +527,7 @@ class FrozenEncoder(nn.Module):
         device = self.device
         if device is not None and isinstance(images, Tensor):
             images = images.to(device, non_blocking=True)
-        return self._encode_prepared(self.prepare(images))
+        return self._encode_prepared(self.prepare(images), device)
 
     def prepare(self, images: Tensor) -> Tensor:
         """Images → model input: :attr:`transform`, written channels-last when the model is channels-last.
@@ -536,9 +536,11 @@ class FrozenEncoder(nn.Module):
         """
         return _prepare(self.transform, self.channels_last, images)
 
-    def _encode_prepared(self, x: Tensor) -> Tensor:
-        """Model input (from :meth:`prepare`) → features float32, with the thread count and precision."""
-        device = self.device
+    def _encode_prepared(self, x: Tensor, device: torch.device | None) -> Tensor:
+        """Model input (from :meth:`prepare`) → features float32, with the thread count and precision.
+
+        ``device`` is :attr:`device`, looked up once by the caller (it walks the modules).
+        """
         if device is not None:
             x = x.to(device, non_blocking=True)
         on_cpu = device is None or device.type == "cpu"
@@ -547,7 +549,7 @@ class FrozenEncoder(nn.Module):
             if self._tuner is None:
                 self._tuner = ThreadTuner()
             threads = self._tuner.next() if on_cpu else None
-        precision = self.resolved_precision()
+        precision = self.precision if self.precision != "auto" else self.resolved_precision()
         t0 = time.perf_counter()
         with torch_threads(threads):
             with torch.inference_mode(), _autocast(x.device, precision):
@@ -663,7 +665,9 @@ class FrozenEncoder(nn.Module):
         outer = 1 if self.num_threads == "auto" else self.num_threads
         with tqdm(total=n, desc=label, unit="img", disable=not progress, leave=False) as bar, torch_threads(outer):
             for x in loader:
-                h = self._encode_prepared(x) if prepare_in_workers else self.encode(x)
+                if not prepare_in_workers:  # transform where the model runs (a GPU resizes fast)
+                    x = self.prepare(x.to(device, non_blocking=True) if device is not None else x)
+                h = self._encode_prepared(x, device)
                 if done + len(h) > n:
                     raise RuntimeError(f"{type(dataset).__name__} yielded more than its length {n} items")
                 out[done : done + len(h)] = h.cpu()
