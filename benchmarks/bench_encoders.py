@@ -227,7 +227,7 @@ def main() -> None:
     for name, fn in parts.items():
         if args.only in (None, name):
             out += fn(args.quick, r)
-    print(f"| operation | size | ours | s | reference | s | ratio | note |\n|---|---|---|---|---|---|---|---|")
+    print("| operation | size | ours | s | reference | s | ratio | note |\n|---|---|---|---|---|---|---|---|")
     for row in out:
         ref = row["reference_s"]
         ratio = f"{row['ours_s'] / ref:.2f}" if ref else "-"
