@@ -1,6 +1,6 @@
 """Encoding throughput on this CPU: the full encode path against the raw forward, thread counts, bf16.
 
-Three tables (also ``rows()`` for ``benchmarks/run_all.py``):
+Four tables (also ``rows()`` for ``benchmarks/run_all.py``):
 
 * **encode path vs raw forward** — :meth:`FrozenEncoder.encode_dataset` over a dataset of
   images already at the encoder's resolution (items read one by one, collated, normalised,
@@ -11,6 +11,8 @@ Three tables (also ``rows()`` for ``benchmarks/run_all.py``):
   (:class:`ThreadTuner`), without and with a competing process that multiplies matrices on
   2 threads (started and stopped by this script). The machine's own load average is printed
   with every row.
+* **workers** — ``encode_dataset`` over procedurally rendered images (``ShapesDataset``)
+  with 0 and 1 DataLoader workers, without and with the competing process.
 * **bf16** — bf16 autocast against fp32 on the same batches, with the features' agreement
   (lowest cosine, largest relative error) on :func:`calibration_images`.
 
@@ -175,6 +177,35 @@ def thread_rows(quick: bool, repeats: int) -> list[dict]:
     return rows
 
 
+def worker_rows(quick: bool, repeats: int) -> list[dict]:
+    """encode_dataset over procedurally rendered images with 0 and 1 DataLoader workers (start-up included)."""
+    if quick:  # worker start-up alone takes longer than a quick run may
+        return []
+    from bottlenecks.data.shapes import ShapesDataset
+    from bottlenecks.encoders import build_encoder
+
+    n = 96
+    ds = ShapesDataset("train", n=n, return_masks=False)
+    enc = build_encoder({"name": "lite0", "image_size": 96, "num_threads": "auto"})
+    rows = []
+    for loaded in (False, True):
+        with competing_load() if loaded else contextlib.nullcontext():
+            t = medians({w: (lambda w=w: enc.encode_dataset(ds, batch_size=32, num_workers=w, progress=False))
+                         for w in (1, 0)}, repeats)
+            machine = load()
+        rows.append({
+            "operation": f"encode rendered shapes, lite0 96 px, {'with' if loaded else 'no'} competing 2-thread matmul",
+            "size": f"{n} images, batch 32, {os.cpu_count()} cores",
+            "ours": "num_workers=1 (render + normalise in a worker)",
+            "ours_s": t[1],
+            "reference": "num_workers=0 (what 'auto' picks on 2 cores)",
+            "reference_s": t[0],
+            "peak_mb": None,
+            "note": f"{n / t[1]:.0f} vs {n / t[0]:.0f} img/s; load {machine}",
+        })
+    return rows
+
+
 def precision_rows(quick: bool, repeats: int) -> list[dict]:
     from bottlenecks.encoders import build_encoder
     from bottlenecks.encoders.base import calibration_images
@@ -211,18 +242,18 @@ def precision_rows(quick: bool, repeats: int) -> list[dict]:
 def rows(quick: bool = False, repeats: int | None = None) -> list[dict]:
     """Benchmark rows (see benchmarks/run_all.py); ``quick``: the tiny encoder and one small setting each."""
     r = repeats or (2 if quick else 5)
-    return path_rows(quick, r) + thread_rows(quick, r) + precision_rows(quick, r)
+    return path_rows(quick, r) + thread_rows(quick, r) + worker_rows(quick, r) + precision_rows(quick, r)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny settings, seconds")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--only", choices=["path", "threads", "precision"], default=None)
+    ap.add_argument("--only", choices=["path", "threads", "workers", "precision"], default=None)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load before: {load()}")
     r = args.repeats or (2 if args.quick else 5)
-    parts = {"path": path_rows, "threads": thread_rows, "precision": precision_rows}
+    parts = {"path": path_rows, "threads": thread_rows, "workers": worker_rows, "precision": precision_rows}
     out = []
     for name, fn in parts.items():
         if args.only in (None, name):
