@@ -220,3 +220,29 @@ def test_no_reference_batch_leaves_lr_and_decay_alone() -> None:
         BottleneckModel(VectorQuantizer(4, codebook_size=4), num_classes=2, reference_batch_size=0)
     with pytest.raises(ValueError, match="lr_scaling must be"):
         BottleneckModel(VectorQuantizer(4, codebook_size=4), num_classes=2, lr_scaling="cubic")
+
+
+def test_cli_runs_a_config_on_two_processes_with_lightnings_launcher(tmp_path: Path) -> None:
+    """The user's path: the same YAML with ``--trainer.devices 2 --trainer.strategy ddp``;
+    Lightning starts rank 1 itself. One run folder (rank 1 claims none), test metrics logged."""
+    import signal
+
+    cmd = [str(Path(sys.executable).with_name("bottlenecks")), "fit",
+           "--config", str(Path(__file__).parents[1] / "configs" / "vq_digits.yaml"),
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
+           "--trainer.enable_progress_bar", "false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(_free_port())}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        log = proc.communicate(timeout=TIMEOUT_S)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's child is in the same session
+        proc.wait()
+        pytest.fail(f"`bottlenecks fit` on 2 processes did not finish in {TIMEOUT_S} s")
+    assert proc.returncode == 0, log[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "runs" / "vq_digits").iterdir())
+    assert runs == ["version_0"], runs
+    header = (tmp_path / "runs" / "vq_digits" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "test/task_acc" in header and "train/loss" in header
