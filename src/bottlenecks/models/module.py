@@ -317,10 +317,8 @@ class BottleneckModel(L.LightningModule):
         key = f"{stage}_"
         count = self._loss_counts.pop(stage, 0)
         sums = self._loss_sums.pop(stage, {})
-        if distributed.is_distributed() and sums:
-            # exact means over every process's rows: one all-reduce of the sums and the row count
-            packed = distributed.all_reduce_sum_(torch.stack([*sums.values(), torch.tensor(float(count), device=self.device)]))
-            sums, count = dict(zip(sums, packed[:-1])), float(packed[-1])
+        if distributed.is_distributed():
+            sums, count = self._reduce_sums(stage, sums, count)
         # (values already global: sync_dist only tells Lightning so; the mean of equal values)
         for name, total in sums.items():
             self.log(f"{stage}/{name}", total / max(count, 1), sync_dist=True,
@@ -339,6 +337,26 @@ class BottleneckModel(L.LightningModule):
             if stage == "test":
                 self.test_concept_metrics = {k: v.detach().cpu() for k, v in per_concept.items()}
             self.concept_metrics[key].reset()
+
+    def _reduce_sums(self, stage: str, sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], float]:
+        """Sums and row count over every process (exact epoch means; several processes only)."""
+        import zlib
+
+        names = sorted(sums)
+        # every rank must reduce the same names (a mismatch would hang or mix up the sums)
+        check = torch.tensor([len(names), zlib.crc32("\0".join(names).encode())], device=self.device)
+        distributed.all_reduce_sum_(check)
+        own = distributed.world_size() * torch.tensor([len(names), zlib.crc32("\0".join(names).encode())])
+        if not torch.equal(check.cpu(), own):
+            raise RuntimeError(
+                f"the processes logged different {stage} loss/metric names this epoch (this rank: {names}); "
+                "every rank must return the same loss terms and metrics"
+            )
+        if not names:
+            return {}, float(count)
+        packed = torch.stack([*(sums[n] for n in names), torch.tensor(float(count), device=self.device)])
+        distributed.all_reduce_sum_(packed)
+        return dict(zip(names, packed[:-1])), float(packed[-1])
 
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
