@@ -246,3 +246,17 @@ def test_cli_runs_a_config_on_two_processes_with_lightnings_launcher(tmp_path: P
     assert runs == ["version_0"], runs
     header = (tmp_path / "runs" / "vq_digits" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert "test/task_acc" in header and "train/loss" in header
+
+
+def test_reference_batch_without_a_known_batch_size_is_a_clear_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g)
+    loader = torch.utils.data.DataLoader(
+        [{"x": a, "y": b} for a, b in zip(x, y)], batch_size=8)
+    model = BottleneckModel(VectorQuantizer(4, codebook_size=4, ema=True), num_classes=2, reference_batch_size=8)
+    tr = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="training batch size is unknown"):
+        tr.fit(model, train_dataloaders=loader)
+    with pytest.raises(ValueError, match="batch scale must be positive"):
+        VectorQuantizer(4, codebook_size=4, ema=True).set_batch_scale(0.0)
