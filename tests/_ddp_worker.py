@@ -92,6 +92,13 @@ def identical() -> dict:
         trainer(epochs=3, broadcast_buffers=False).fit(model, datamodule=data(96, 40, 16))
         out[name] = {"state": {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()},
                      "reseeds": RESEEDS[0]}
+    # the helpers themselves, while the process group is still up: rows of unequal counts
+    from bottlenecks import distributed
+
+    distributed.barrier()
+    out["gathered"] = distributed.all_gather_cat(torch.full((RANK + 1, 2), float(RANK)))
+    out["summed"] = distributed.all_reduce_sum_(torch.tensor([float(RANK + 1)]))
+    out["broadcast"] = distributed.broadcast_(torch.tensor([float(RANK + 10)]), src=1)
     return out
 
 

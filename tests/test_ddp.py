@@ -82,6 +82,9 @@ def test_codebooks_bit_identical_on_every_rank(tmp_path: Path) -> None:
         counts = (rank0[name]["reseeds"], rank1[name]["reseeds"])
         assert counts[0] > 0 and counts[0] == counts[1], (name, counts)
     assert bool(rank0["dkvb"]["state"]["keys_initialised"])
+    for result in (rank0, rank1):  # bottlenecks.distributed across the two ranks
+        assert torch.equal(result["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+        assert float(result["summed"]) == 3.0 and float(result["broadcast"]) == 11.0
 
 
 def test_two_processes_train_like_one_at_the_same_global_batch(tmp_path: Path) -> None:
