@@ -104,7 +104,8 @@ def test_two_processes_train_like_one_at_the_same_global_batch(tmp_path: Path) -
                 # the mean over evaluation batches of each batch's code histogram: it depends on
                 # how rows are batched (as it does with another eval_batch_size in one process)
                 continue
-            assert math.isclose(value, two[0][stage][name], rel_tol=1e-4, abs_tol=1e-5), (name, value, two[0][stage][name])
+            other = two[0][stage][name]
+            assert math.isclose(value, other, rel_tol=1e-4, abs_tol=1e-5), (name, value, other)
             assert two[0][stage][name] == two[1][stage][name], name
     # exact test metrics: every one of the 101 rows once (a padding row would give k/102)
     for result in (one, two[0], two[1]):
