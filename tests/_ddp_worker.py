@@ -27,6 +27,7 @@ from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 
 import bottlenecks.layers.codes as codes  # noqa: E402
 from bottlenecks.data.datamodule import ArrayDataModule  # noqa: E402
+from bottlenecks.layers.base import Bottleneck, BottleneckOutput  # noqa: E402
 from bottlenecks.layers.codebook_features import CodebookFeatures  # noqa: E402
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck  # noqa: E402
 from bottlenecks.layers.quantize import ResidualVectorQuantizer, VectorQuantizer  # noqa: E402
@@ -74,6 +75,18 @@ def trainer(epochs: int, broadcast_buffers: bool = True) -> L.Trainer:
     )
 
 
+class RankNamedMetric(Bottleneck):
+    """Identity, with a metric whose name differs between ranks (a broken layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_features = self.out_features = 8
+        self.scale = torch.nn.Parameter(torch.ones(8))
+
+    def forward(self, h, concepts=None, intervention_mask=None):  # noqa: ANN001, ANN201
+        return BottleneckOutput(z=h * self.scale, metrics={f"rank{RANK}_only": h.mean()})
+
+
 def identical() -> dict:
     layers = {
         "vq": lambda: VectorQuantizer(8, codebook_size=16, num_heads=2, ema=True, init="kmeans",
@@ -99,6 +112,12 @@ def identical() -> dict:
     out["gathered"] = distributed.all_gather_cat(torch.full((RANK + 1, 2), float(RANK)))
     out["summed"] = distributed.all_reduce_sum_(torch.tensor([float(RANK + 1)]))
     out["broadcast"] = distributed.broadcast_(torch.tensor([float(RANK + 10)]), src=1)
+    # a layer that logs a metric under another name on each rank: a clear error, not a hang
+    model = BottleneckModel(RankNamedMetric(), num_classes=4)
+    try:
+        trainer(epochs=1).fit(model, datamodule=data(96, 40, 16))
+    except RuntimeError as err:
+        out["names_error"] = str(err)
     return out
 
 

@@ -85,6 +85,7 @@ def test_codebooks_bit_identical_on_every_rank(tmp_path: Path) -> None:
     for result in (rank0, rank1):  # bottlenecks.distributed across the two ranks
         assert torch.equal(result["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
         assert float(result["summed"]) == 3.0 and float(result["broadcast"]) == 11.0
+        assert "processes logged different" in result.get("names_error", "")
 
 
 def test_two_processes_train_like_one_at_the_same_global_batch(tmp_path: Path) -> None:

@@ -343,11 +343,12 @@ class BottleneckModel(L.LightningModule):
         import zlib
 
         names = sorted(sums)
-        # every rank must reduce the same names (a mismatch would hang or mix up the sums)
-        check = torch.tensor([len(names), zlib.crc32("\0".join(names).encode())], device=self.device)
-        distributed.all_reduce_sum_(check)
-        own = distributed.world_size() * torch.tensor([len(names), zlib.crc32("\0".join(names).encode())])
-        if not torch.equal(check.cpu(), own):
+        # every rank must reduce the same names (a mismatch would hang or mix up the sums): the
+        # sums of h and h² over ranks equal W·h and W·h² on every rank only when all h are equal
+        h = zlib.crc32("\0".join(names).encode()) & 0xFFFFF
+        own = torch.tensor([len(names), h, h * h])
+        check = distributed.all_reduce_sum_(own.clone().to(self.device))
+        if not torch.equal(check.cpu(), distributed.world_size() * own):
             raise RuntimeError(
                 f"the processes logged different {stage} loss/metric names this epoch (this rank: {names}); "
                 "every rank must return the same loss terms and metrics"
