@@ -6,13 +6,17 @@ branches. Under several processes (Lightning DDP, ``torchrun``) they are the usu
 collectives and **every rank must call them in the same order**.
 
 Collectives move tensors to the device the backend needs (CUDA for NCCL, CPU for gloo)
-and results come back on the input's device.
+and results come back on the input's device. Call them only from code that every rank
+runs (a training step, ``on_fit_start``), never from a branch whose condition differs
+between ranks: a collective called on only some ranks hangs the others.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+__all__ = ["all_gather_cat", "all_reduce_sum_", "barrier", "broadcast_", "is_distributed", "rank", "world_size"]
 
 
 def is_distributed() -> bool:
