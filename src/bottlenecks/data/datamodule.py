@@ -48,15 +48,16 @@ class FeatureBatches(Dataset):
         return len(self.x)
 
     def __getitem__(self, idx: list[int] | Tensor) -> dict[str, Tensor]:
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        # EpochBatches hands over a LongTensor: no Python list of row numbers to convert per step
+        idx = idx if isinstance(idx, Tensor) and idx.dtype == torch.long else torch.as_tensor(idx, dtype=torch.long)
         batch = {"x": self.x[idx].float(), "y": self.y[idx], "index": idx}
         if self.concepts is not None:
             batch["concepts"] = self.concepts[idx]
         return batch
 
 
-class EpochBatches(Sampler[list[int]]):
-    """Index batches over ``n`` rows; shuffled by a generator seeded with ``seed + epoch``.
+class EpochBatches(Sampler[Tensor]):
+    """Index batches (LongTensors) over ``n`` rows; shuffled by a generator seeded with ``seed + epoch``.
 
     Lightning calls :meth:`set_epoch` before each epoch, so the order of epoch ``e`` is
     the same in a run resumed from a checkpoint as in one that never stopped.
@@ -72,13 +73,12 @@ class EpochBatches(Sampler[list[int]]):
     def __len__(self) -> int:
         return (self.n + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Tensor]:
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.n)
-        for batch in order.split(self.batch_size):
-            yield batch.tolist()
+        yield from order.split(self.batch_size)
 
 
 def batch_loader(ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:

@@ -159,7 +159,10 @@ class BottleneckModel(L.LightningModule):
         def task_metrics() -> torchmetrics.MetricCollection:
             if self.task == "classification":
                 return torchmetrics.MetricCollection(
-                    {"task_acc": torchmetrics.classification.MulticlassAccuracy(self.num_classes, average="micro")}
+                    # labels are checked once when the data loads (check_labels): validating them
+                    # again on every step costs a unique() and host syncs per batch
+                    {"task_acc": torchmetrics.classification.MulticlassAccuracy(
+                        self.num_classes, average="micro", validate_args=False)}
                 )
             return torchmetrics.MetricCollection(
                 {"mse": torchmetrics.MeanSquaredError(), "r2": torchmetrics.R2Score()}
