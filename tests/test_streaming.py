@@ -46,6 +46,11 @@ def test_an_epoch_visits_every_row_once_with_its_own_features_and_labels(tmp_pat
     assert torch.equal(index, again) and not torch.equal(index, other)
     # memory: one buffer of block_rows * buffer_blocks rows, far below the file
     assert ds.buffer_bytes == 150 * 6 * 4 < path.stat().st_size / 5
+    # a sample for FeatureNorm / data initialisation: read by row, not through the mapping
+    rows = torch.tensor([999, 3, 500, 3])
+    assert torch.equal(ds.take(rows), torch.from_numpy(x[rows.numpy()]))
+    with pytest.raises(IndexError, match="row 1000 is out of range"):
+        ds.take(torch.tensor([1000]))
     plain = StreamedFeatureBatches(path, y, batch_size=100, shuffle=False)
     assert torch.equal(torch.cat([b["index"] for b in _epoch(plain, 3)]), torch.arange(len(x)))
 

@@ -9,6 +9,7 @@ from tensors (one indexing op per batch, no per-example collation).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class FeatureBatches(Dataset):
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def take(self, idx: Tensor) -> Tensor:
+        """Feature rows ``idx`` as float32 ``(len(idx), dim)`` (a sample for data initialisation)."""
+        return torch.as_tensor(self.x[idx], dtype=torch.float32)
 
     def __getitem__(self, idx: list[int] | Tensor) -> dict[str, Tensor]:
         # EpochBatches hands over a LongTensor: no Python list of row numbers to convert per step
@@ -169,9 +174,30 @@ class StreamedFeatureBatches(Dataset):
         self._plan_epoch: int | None = None
         self._loaded: int | None = None
 
+    def take(self, idx: Tensor) -> Tensor:
+        """Feature rows ``idx`` as float32 ``(len(idx), dim)``, read row by row from the file.
+
+        Not through the memory map: a fault on a mapped page maps its neighbours too, so 20k
+        random rows of a 4 GB mapping would make most of the file resident."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        out = np.empty((len(idx), self.dim), dtype=self.dtype)
+        order = torch.argsort(idx)
+        with open(self.path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            for k in order.tolist():
+                r = int(idx[k])
+                if not 0 <= r < self.n:
+                    raise IndexError(f"row {r} is out of range: {self.path} has {self.n} rows")
+                data = os.pread(fd, self._row_bytes, self._offset + r * self._row_bytes)
+                if len(data) != self._row_bytes:
+                    raise ValueError(f"{self.path} ended early at row {r} of {self.n}")
+                out[k] = np.frombuffer(data, dtype=self.dtype)
+        return torch.from_numpy(out).float()
+
     @property
     def x(self) -> Tensor:
-        """The whole file memory-mapped (copy-on-write): for sampling a few rows, not for training."""
+        """The whole file memory-mapped (copy-on-write), for analysis that reads every row; its
+        touched pages count as resident memory, so training reads through batches and :meth:`take`."""
         arr = np.load(self.path, mmap_mode="c")
         return torch.from_numpy(arr)
 

@@ -400,11 +400,11 @@ class BottleneckModel(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "split"):
             tr = dm.split("train")
-            idx = torch.arange(len(tr.x))
+            idx = torch.arange(len(tr.y))
             if len(idx) > n:
                 idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:n]
             c = None if tr.concepts is None else torch.as_tensor(tr.concepts)[idx].float()
-            return torch.as_tensor(tr.x[idx], dtype=torch.float32), c, torch.as_tensor(tr.y)[idx]
+            return tr.take(idx), c, torch.as_tensor(tr.y)[idx]
         if dm is not None:
             loader = dm.train_dataloader()
         else:
