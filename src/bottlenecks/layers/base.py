@@ -378,6 +378,8 @@ def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
         target: ``(batch, num_concepts)`` in ``[0, 1]`` or NaN.
     """
     labelled = ~torch.isnan(target)
+    if labelled.all():  # the common case: no masked copies of logits and targets
+        return F.binary_cross_entropy_with_logits(logits, target)
     if not labelled.any():
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[labelled], target[labelled])
