@@ -111,5 +111,6 @@ def test_training_streamed_from_the_feature_cache_learns(tmp_path, stream):
                         enable_model_summary=False)
     trainer.fit(model, dm)
     assert trainer.global_step == 4 * 12  # 180 rows in batches of 16
+    assert trainer.train_dataloader.sampler.epoch == 3  # Lightning reshuffles every epoch
     acc = trainer.test(model, dm, verbose=False)[0]["test/task_acc"]
     assert acc > 0.9
