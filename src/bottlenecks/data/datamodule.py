@@ -9,6 +9,7 @@ from tensors (one indexing op per batch, no per-example collation).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,13 @@ class FeatureBatches(Dataset):
     def __len__(self) -> int:
         return len(self.x)
 
+    def take(self, idx: Tensor) -> Tensor:
+        """Feature rows ``idx`` as float32 ``(len(idx), dim)`` (a sample for data initialisation)."""
+        return torch.as_tensor(self.x[idx], dtype=torch.float32)
+
     def __getitem__(self, idx: list[int] | Tensor) -> dict[str, Tensor]:
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        # EpochBatches hands over a LongTensor: no Python list of row numbers to convert per step
+        idx = idx if isinstance(idx, Tensor) and idx.dtype == torch.long else torch.as_tensor(idx, dtype=torch.long)
         batch = {"x": self.x[idx].float(), "y": self.y[idx], "index": idx}
         if self.concepts is not None:
             batch["concepts"] = self.concepts[idx]
@@ -56,7 +62,7 @@ class FeatureBatches(Dataset):
 
 
 class EpochBatches(DistributedSampler):
-    """Index batches over ``n`` rows; shuffled by a generator seeded with ``seed + epoch``.
+    """Index batches (LongTensors) over ``n`` rows; shuffled by a generator seeded with ``seed + epoch``.
 
     Lightning calls :meth:`set_epoch` before each epoch, so the order of epoch ``e`` is
     the same in a run resumed from a checkpoint as in one that never stopped.
@@ -102,7 +108,7 @@ class EpochBatches(DistributedSampler):
     def __len__(self) -> int:
         return (self._rows() + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Tensor]:
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
@@ -113,7 +119,7 @@ class EpochBatches(DistributedSampler):
                 order = torch.cat([order, order[: W - self.n % W]])
             order = order[self.rank :: W]
         for batch in order.split(self.batch_size):
-            yield batch.tolist()
+            yield batch
 
 
 def batch_loader(
@@ -132,6 +138,218 @@ def batch_loader(
         # generator would shift the model's random draws (VIB noise) by where loaders start
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class StreamedFeatureBatches(Dataset):
+    """Batches from a ``.npy`` feature file larger than memory, read in bounded blocks.
+
+    The rows are cut into blocks of ``block_rows`` contiguous rows. An epoch visits the blocks
+    in an order shuffled by a generator seeded with ``seed + epoch``; ``buffer_blocks`` blocks
+    at a time are read with plain file reads into one reusable buffer, their rows are shuffled
+    within the buffer, and batches are sliced from it (a batch that straddles two buffers takes
+    its rows from both). Memory stays at one buffer (``buffer_blocks * block_rows`` rows) plus
+    one batch, whatever the file's size: the file is never memory-mapped for training, so the
+    pages it reads do not count towards the process's resident memory.
+
+    Trade-off against a full shuffle: rows of one batch come from ``buffer_blocks`` random
+    blocks, not from the whole file, so neighbouring rows of the file (one class, one source)
+    share batches more often than by chance. Features cached in dataset order with the classes
+    interleaved train like a full shuffle; shuffle the rows once when writing a sorted file.
+
+    Keys are ``(epoch, batch_number)`` (from :class:`StreamedEpochs`); labels and concepts
+    stay in memory. ``x`` is the file memory-mapped, for the few random rows that
+    ``FeatureNorm`` and data initialisation sample.
+
+    Args:
+        path: a 2-D C-order ``.npy`` file of floats (the feature cache's ``features.npy``).
+        y: ``(rows,)`` targets; ``concepts``: ``(rows, num_concepts)`` or None.
+        batch_size: rows per batch.
+        shuffle: shuffle blocks and rows (training); False reads the rows in order.
+        block_rows / buffer_blocks: rows per contiguous read / blocks held at once.
+        seed: seed of the shuffling order.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        y: Tensor,
+        concepts: Tensor | None = None,
+        batch_size: int = 256,
+        shuffle: bool = True,
+        block_rows: int = 4096,
+        buffer_blocks: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1 or block_rows < 1 or buffer_blocks < 1:
+            raise ValueError(
+                f"batch_size, block_rows and buffer_blocks must be positive, got {batch_size}, {block_rows}, "
+                f"{buffer_blocks}"
+            )
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(f)
+            except ValueError as e:
+                raise ValueError(f"{self.path} is not a .npy file: {e}") from e
+            self._offset = f.tell()
+        if len(shape) != 2 or fortran or dtype.kind != "f":
+            raise ValueError(
+                f"{self.path} holds a {'Fortran-order ' if fortran else ''}{dtype} array of shape {shape}; "
+                "streaming needs a 2-D C-order float array (rows, features)"
+            )
+        self.n, self.dim = int(shape[0]), int(shape[1])
+        self.dtype = dtype
+        if len(y) != self.n:
+            raise ValueError(f"{self.path} has {self.n} rows but labels have {len(y)}")
+        if concepts is not None and len(concepts) != self.n:
+            raise ValueError(f"{self.path} has {self.n} rows but concepts have {len(concepts)}")
+        self.y, self.concepts = y, concepts
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.block_rows, self.buffer_blocks = block_rows, buffer_blocks
+        self._row_bytes = self.dim * dtype.itemsize
+        self._buffer = np.empty((min(self.n, block_rows * buffer_blocks), self.dim), dtype=dtype)
+        self._fh: Any = None
+        self._plan_epoch: int | None = None
+        self._loaded: int | None = None
+
+    def take(self, idx: Tensor) -> Tensor:
+        """Feature rows ``idx`` as float32 ``(len(idx), dim)``, read row by row from the file.
+
+        Not through the memory map: a fault on a mapped page maps its neighbours too, so 20k
+        random rows of a 4 GB mapping would make most of the file resident."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        out = np.empty((len(idx), self.dim), dtype=self.dtype)
+        order = torch.argsort(idx)
+        with open(self.path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            for k in order.tolist():
+                r = int(idx[k])
+                if not 0 <= r < self.n:
+                    raise IndexError(f"row {r} is out of range: {self.path} has {self.n} rows")
+                data = os.pread(fd, self._row_bytes, self._offset + r * self._row_bytes)
+                if len(data) != self._row_bytes:
+                    raise ValueError(f"{self.path} ended early at row {r} of {self.n}")
+                out[k] = np.frombuffer(data, dtype=self.dtype)
+        return torch.from_numpy(out).float()
+
+    @property
+    def x(self) -> Tensor:
+        """The whole file memory-mapped (copy-on-write), for analysis that reads every row; its
+        touched pages count as resident memory, so training reads through batches and :meth:`take`."""
+        arr = np.load(self.path, mmap_mode="c")
+        return torch.from_numpy(arr)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of the reusable read buffer (the bound on what streaming holds of the file)."""
+        return int(self._buffer.nbytes)
+
+    def _plan(self, epoch: int) -> None:
+        """Blocks of each buffer load and the order of rows within it, for ``epoch``."""
+        if self._plan_epoch == epoch:
+            return
+        n_blocks = (self.n + self.block_rows - 1) // self.block_rows
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(n_blocks, generator=g) if self.shuffle else torch.arange(n_blocks)
+        self._groups = [order[i:i + self.buffer_blocks].tolist() for i in range(0, n_blocks, self.buffer_blocks)]
+        sizes = [sum(min(self.block_rows, self.n - b * self.block_rows) for b in grp) for grp in self._groups]
+        self._starts = np.cumsum([0, *sizes])
+        self._perms = [torch.randperm(m, generator=g) if self.shuffle else torch.arange(m) for m in sizes]
+        self._plan_epoch, self._loaded = epoch, None
+
+    def _load(self, group: int) -> None:
+        """Read the blocks of buffer load ``group`` into the buffer (one read per block)."""
+        if self._loaded == group:
+            return
+        if self._fh is None:
+            self._fh = open(self.path, "rb", buffering=0)  # noqa: SIM115 - kept open across batches
+        rows, at = [], 0
+        for b in self._groups[group]:
+            r0, r1 = b * self.block_rows, min(self.n, (b + 1) * self.block_rows)
+            view = memoryview(self._buffer[at:at + r1 - r0]).cast("B")
+            self._fh.seek(self._offset + r0 * self._row_bytes)
+            got = 0
+            while got < len(view):
+                k = self._fh.readinto(view[got:])
+                if not k:
+                    raise ValueError(f"{self.path} ended early at row {r0 + got // self._row_bytes} of {self.n}")
+                got += k
+            rows.append(torch.arange(r0, r1))
+            at += r1 - r0
+        self._rows = torch.cat(rows)
+        self._loaded = group
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
+        epoch, i = key
+        self._plan(epoch)
+        a, b = i * self.batch_size, min(self.n, (i + 1) * self.batch_size)
+        if not 0 <= a < b:
+            raise IndexError(f"batch {i} is out of range: the epoch has {len(self)} batches")
+        xs, idx = [], []
+        g = int(np.searchsorted(self._starts, a, side="right")) - 1
+        while a < b:
+            self._load(g)
+            lo, hi = a - self._starts[g], min(b, self._starts[g + 1]) - self._starts[g]
+            local = self._perms[g][lo:hi]
+            xs.append(torch.from_numpy(self._buffer[local.numpy()]))
+            idx.append(self._rows[local])
+            a = int(self._starts[g + 1])
+            g += 1
+        index = idx[0] if len(idx) == 1 else torch.cat(idx)
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        batch = {"x": x.float(), "y": self.y[index], "index": index}
+        if self.concepts is not None:
+            batch["concepts"] = self.concepts[index]
+        return batch
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fh"] = None  # a worker process opens its own file
+        return state
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class StreamedEpochs(Sampler[tuple[int, int]]):
+    """Keys ``(epoch, batch_number)`` for :class:`StreamedFeatureBatches`; Lightning's
+    :meth:`set_epoch` makes epoch ``e`` the same in a resumed run as in one that never stopped."""
+
+    def __init__(self, n_batches: int) -> None:
+        self.n_batches, self.epoch = n_batches, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in range(self.n_batches))
+
+
+def streamed_loader(ds: StreamedFeatureBatches) -> DataLoader:
+    """A DataLoader over :class:`StreamedFeatureBatches` (in this process: one buffer)."""
+    return DataLoader(ds, batch_size=None, sampler=StreamedEpochs(len(ds)), num_workers=0)
+
+
+def stream_by_default(path: str | Path, share: float = 0.5) -> bool:
+    """True when the file at ``path`` is larger than ``share`` of the memory available now
+    (``MemAvailable`` of /proc/meminfo; False where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return False
+    return Path(path).stat().st_size > share * available
 
 
 class FeatureDataModule(NamedConcepts, L.LightningDataModule):
@@ -158,7 +376,7 @@ class FeatureDataModule(NamedConcepts, L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
-        self._splits: dict[str, FeatureBatches] = {}
+        self._splits: dict[str, FeatureBatches | StreamedFeatureBatches] = {}
 
     def split(self, name: str) -> FeatureBatches:
         """The feature tensors of one split (``setup`` must have run)."""
@@ -170,7 +388,17 @@ class FeatureDataModule(NamedConcepts, L.LightningDataModule):
         return self.split("train").x
 
     def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.split("train"), self.batch_size, shuffle=True, seed=self.seed, **_shard(pad=True))
+        train = self.split("train")
+        if isinstance(train, StreamedFeatureBatches):
+            from bottlenecks import distributed
+
+            if distributed.is_distributed():
+                raise RuntimeError(
+                    "streaming the training features from disk runs in one process only; under several "
+                    "processes set data.stream=false (each rank then holds the features in memory)"
+                )
+            return streamed_loader(train)
+        return batch_loader(train, self.batch_size, shuffle=True, seed=self.seed, **_shard(pad=True))
 
     def val_dataloader(self) -> DataLoader:
         return batch_loader(self.split("val"), self.eval_batch_size, shuffle=False, seed=self.seed, **_shard())
@@ -212,6 +440,11 @@ class BottleneckDataModule(FeatureDataModule):
             images while encoding; ``"auto"``: see :func:`bottlenecks.encoders.base.auto_workers`.
             Under DDP each rank encodes its shard of each split (docs/performance.md).
         seed: seed of the shuffling order.
+        stream: read the training features from the cache file in bounded blocks
+            (:class:`StreamedFeatureBatches`) instead of holding them in memory. None (default):
+            stream when the file is larger than half the memory available at setup.
+        stream_block_rows / stream_buffer_blocks: rows per contiguous read / blocks held at
+            once while streaming (the buffer is ``block_rows * buffer_blocks`` rows).
     """
 
     def __init__(
@@ -224,8 +457,15 @@ class BottleneckDataModule(FeatureDataModule):
         encode_batch_size: int = 128,
         num_workers: int | str = 0,
         seed: int = 0,
+        stream: bool | None = None,
+        stream_block_rows: int = 4096,
+        stream_buffer_blocks: int = 8,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        self.stream = stream
+        self.stream_block_rows = stream_block_rows
+        self.stream_buffer_blocks = stream_buffer_blocks
+        self._feature_files: dict[str, Path] = {}
         self.encoder_spec = encoder
         self.text_encoder_spec = text_encoder
         self.cache_dir = cache_dir
@@ -271,12 +511,14 @@ class BottleneckDataModule(FeatureDataModule):
         ds = self.dataset(split)
         if ds.kind == "features":
             return torch.stack([ds[i]["x"].float().reshape(-1) for i in range(len(ds))])
-        from bottlenecks.encoders import FeatureCache
+        from bottlenecks.encoders.cache import FEATURES, FeatureCache, split_identity
 
+        cache = FeatureCache(Path(self.cache_dir))
+        self._feature_files[split] = cache.entry_dir(split_identity(self.encoder, ds, split)) / FEATURES  # streaming
         # Under DDP, Lightning calls setup() on every rank: each encodes a shard of the split
         # and all read one merged cache entry. A split loaded on demand (split(), perhaps on
         # rank 0 only, e.g. by a report) must not wait for the other ranks.
-        return FeatureCache(Path(self.cache_dir)).encode(
+        return cache.encode(
             self.encoder, ds, split, batch_size=self.encode_batch_size, num_workers=self.num_workers,
             cooperative=not self._on_demand,
         )
@@ -307,7 +549,20 @@ class BottleneckDataModule(FeatureDataModule):
             c = ds.concept_table()
             if c is not None:
                 check_concepts(c, self.concept_names, f"{type(ds).__name__}({split})")
-            self._splits[split] = FeatureBatches(x, y, c)
+            file = self._feature_files.get(split)
+            stream = self.stream if self.stream is not None else file is not None and stream_by_default(file)
+            if split == "train" and stream:
+                if file is None:
+                    raise ValueError(
+                        f"stream=True streams features from the feature cache, but {type(ds).__name__} holds "
+                        "feature vectors in memory (kind 'features'); leave stream unset"
+                    )
+                self._splits[split] = StreamedFeatureBatches(
+                    file, y, c, batch_size=self.batch_size, shuffle=True, block_rows=self.stream_block_rows,
+                    buffer_blocks=self.stream_buffer_blocks, seed=self.seed,
+                )
+            else:
+                self._splits[split] = FeatureBatches(x, y, c)
 
 
 class ArrayDataModule(FeatureDataModule):

@@ -239,6 +239,11 @@ def _raise_if_failed(err: BaseException | None, what: str) -> None:
         raise RuntimeError(f"feature cache: rank(s) {failed} failed while {what}; see their error above")
 
 
+def split_identity(encoder: Any, dataset: Any, split: str) -> dict[str, Any]:
+    """The cache identity of one dataset split through ``encoder`` (what :meth:`FeatureCache.encode` keys by)."""
+    return {**encoder.cache_identity(), "dataset": str(dataset.fingerprint()), "split": split}
+
+
 class FeatureCache:
     """Encoder outputs on disk, one folder per identity; see the module docstring.
 
@@ -419,7 +424,7 @@ class FeatureCache:
         Returns:
             ``(len(dataset), encoder.feature_dim)`` float32, memory-mapped.
         """
-        identity = {**encoder.cache_identity(), "dataset": str(dataset.fingerprint()), "split": split}
+        identity = split_identity(encoder, dataset, split)
         n = len(dataset)
 
         def compute_rows(start: int, stop: int) -> Tensor:

@@ -353,11 +353,13 @@ class Bottleneck(NamedConcepts, nn.Module):
                 f"{h.shape[1]}; check that the encoder's output width matches the bottleneck's "
                 "in_features"
             )
-        # One reduction: the largest magnitude is NaN for NaN input, inf for inf input, and
-        # catches finite values so large (3e38) that sums and squared distances overflow.
+        # One pass, no copy (aminmax, not abs().max()): NaN or inf input gives a non-finite
+        # extreme, and finite values so large (3e38) that sums and squared distances overflow
+        # are caught by the larger magnitude.
         if h.numel():
-            peak = float(h.detach().abs().max())
-            if not math.isfinite(peak):
+            lo, hi = (float(v) for v in torch.aminmax(h.detach()))
+            peak = max(-lo, hi)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
             if peak > MAX_FEATURE_MAGNITUDE:
                 raise ValueError(
@@ -376,6 +378,8 @@ def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
         target: ``(batch, num_concepts)`` in ``[0, 1]`` or NaN.
     """
     labelled = ~torch.isnan(target)
+    if labelled.all():  # the common case: no masked copies of logits and targets
+        return F.binary_cross_entropy_with_logits(logits, target)
     if not labelled.any():
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[labelled], target[labelled])

@@ -50,7 +50,7 @@ class FeatureNorm(nn.Module):
         self.fitted.fill_(True)
 
     def forward(self, h: Tensor) -> Tensor:
-        return (h - self.mean) / self.std
+        return torch.sub(h, self.mean).div_(self.std)  # one temporary, the same numbers
 
 
 class BottleneckModel(L.LightningModule):
@@ -175,7 +175,10 @@ class BottleneckModel(L.LightningModule):
         def task_metrics() -> torchmetrics.MetricCollection:
             if self.task == "classification":
                 return torchmetrics.MetricCollection(
-                    {"task_acc": torchmetrics.classification.MulticlassAccuracy(self.num_classes, average="micro")}
+                    # labels are checked once when the data loads (check_labels): validating them
+                    # again on every step costs a unique() and host syncs per batch
+                    {"task_acc": torchmetrics.classification.MulticlassAccuracy(
+                        self.num_classes, average="micro", validate_args=False)}
                 )
             return torchmetrics.MetricCollection(
                 {"mse": torchmetrics.MeanSquaredError(), "r2": torchmetrics.R2Score()}
@@ -443,11 +446,11 @@ class BottleneckModel(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "split"):
             tr = dm.split("train")
-            idx = torch.arange(len(tr.x))
+            idx = torch.arange(len(tr.y))
             if len(idx) > n:
                 idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:n]
             c = None if tr.concepts is None else torch.as_tensor(tr.concepts)[idx].float()
-            return torch.as_tensor(tr.x[idx], dtype=torch.float32), c, torch.as_tensor(tr.y)[idx]
+            return tr.take(idx), c, torch.as_tensor(tr.y)[idx]
         if dm is not None:
             loader = dm.train_dataloader()
         else:

@@ -133,6 +133,8 @@ class TrainingStages(Callback):
         i = self.stage_at(trainer.current_epoch)
         if i != self._current:
             self._enter(i, pl_module)
+        # once per epoch: a self.log call on every batch costs more than a small model's step
+        pl_module.log("stage", float(i), on_step=False, on_epoch=True)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         stage = self.stages[self._current or 0]
@@ -144,7 +146,6 @@ class TrainingStages(Callback):
         # drift, no RandInt); Lightning keeps each submodule's mode across validation, so this
         # is set on every batch.
         self._apply_modes(pl_module, "", stage)
-        pl_module.log("stage", float(self._current or 0), on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore(pl_module)
