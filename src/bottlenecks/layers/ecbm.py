@@ -134,7 +134,7 @@ class EnergyConceptBottleneck(ConceptLayer):
         gradient_lr: float = 0.1,
         mean_field_steps: int = 30,
         mean_field_damping: float = 0.5,
-        mean_field_update: Literal["difference", "gradient"] = "difference",
+        mean_field_update: Literal["difference", "gradient"] = "gradient",
     ) -> None:
         super().__init__()
         n = len(self._init_concepts(concept_names, num_concepts))
