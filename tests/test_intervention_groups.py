@@ -159,3 +159,30 @@ def test_cub_exposes_its_attribute_groups_and_annotation_costs(tmp_path: Path):
                                               "has_eye_color": 8.5})
     g = make_groups(ds.concept_names, ds.concept_groups, ds.concept_costs)
     assert g.names == list(ds.concept_groups) and g.members[1].tolist() == [False, True, True, False, False]
+
+
+def test_report_draws_curves_by_the_datamodules_groups_and_costs(trained, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from types import SimpleNamespace
+
+    from bottlenecks.analysis import html_report, intervention_curves, unit_report
+
+    model, (x, c, y) = trained
+    seen = {}
+    real = intervention_curves.intervention_curve
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs, policies=args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(intervention_curves, "intervention_curve", spy)
+    costs = {"colour": 2.0, "shape": 20.0, "nuisance": 20.0}
+    ctx = html_report.ReportContext(run_dir=Path("run"), checkpoint=Path("run/last.ckpt"), model=model,
+                                    datamodule=SimpleNamespace(concept_groups=GROUPS, concept_costs=costs),
+                                    x=x[:100], y=y[:100], concepts=c[:100], units=unit_report(model, x[:100]))
+    section = html_report.section_interventions(ctx)
+    assert section.title == "Intervention curves" and "<img" in section.html
+    assert seen["groups"] == GROUPS and seen["costs"] == costs and "cost_aware" in seen["policies"]
+    assert seen["budgets"] == [0, 1, 2, 3]  # counted in groups
