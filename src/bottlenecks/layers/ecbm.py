@@ -377,9 +377,10 @@ class EnergyConceptBottleneck(ConceptLayer):
                 for _ in range(self.mean_field_steps):
                     if self.mean_field_update == "difference":
                         # E_global(μ with c_k := 1, y) − E_global(μ with c_k := 0, y) for every k
-                        pre = pre0 + mu @ delta + pre_u  # (b, M, H)
-                        off = pre[:, :, None, :] - mu[..., None] * delta  # (b, M, K, H)
-                        grad = self.global_mlp(off + delta).squeeze(-1) - self.global_mlp(off).squeeze(-1)
+                        with torch.no_grad():
+                            pre = pre0 + mu @ delta + pre_u  # (b, M, H)
+                            off = pre[:, :, None, :] - mu[..., None] * delta  # (b, M, K, H)
+                            grad = self.global_mlp(off + delta).squeeze(-1) - self.global_mlp(off).squeeze(-1)
                     else:
                         mu_ = mu.detach().requires_grad_(True)
                         e_glob = self.global_mlp(pre0 + mu_ @ delta + pre_u).squeeze(-1)  # (b, M)
