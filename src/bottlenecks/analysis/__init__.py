@@ -52,11 +52,14 @@ from bottlenecks.analysis.leakage import concept_leakage
 from bottlenecks.analysis.model_access import bottleneck_of, check_concept_supervised, model_concept_names
 from bottlenecks.analysis.policies import (
     POLICIES,
+    CostAwarePolicy,
     ExpectedChangePolicy,
+    InterventionGroups,
     InterventionPolicy,
     PolicyState,
     RandomPolicy,
     UncertaintyPolicy,
+    make_groups,
     make_policy,
 )
 from bottlenecks.analysis.probes import linear_probe
@@ -69,10 +72,12 @@ __all__ = [
     "POLICIES",
     "ClassLogits",
     "Contributions",
+    "CostAwarePolicy",
     "DeadUnitWarning",
     "ExpectedChangePolicy",
     "InformationPlane",
     "InterventionCurve",
+    "InterventionGroups",
     "InterventionPolicy",
     "InterventionResult",
     "LocationScores",
@@ -108,6 +113,7 @@ __all__ = [
     "keypoint_masks",
     "linear_probe",
     "location_scores",
+    "make_groups",
     "make_intervention",
     "make_policy",
     "model_concept_names",

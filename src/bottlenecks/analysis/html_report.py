@@ -464,10 +464,15 @@ def section_interventions(ctx: ReportContext) -> Section | None:
         return Section("Intervention curves", _note("Not shown: the concept units never saw a concept label."))
     from bottlenecks.analysis.intervention_curves import intervention_curve
 
-    n = len(rep)
+    # a datamodule that groups its concepts (CUB's attribute groups) and prices them (annotation
+    # seconds) gets curves by group, with the cost-aware policy
+    groups = getattr(ctx.datamodule, "concept_groups", None)
+    costs = getattr(ctx.datamodule, "concept_costs", None) if groups else None
+    n = len(groups) if groups else len(rep)
     budgets = sorted({0, 1, 2, n // 2, n})
     curve = intervention_curve(ctx.model, {"x": ctx.x, "concepts": ctx.concepts, "y": ctx.y},
-                               ("random", "uncertainty"), budgets=budgets)
+                               ("random", "uncertainty") + (("cost_aware",) if costs else ()), budgets=budgets,
+                               groups=groups, costs=costs)
     ax = curve.plot(title=f"{ctx.split}: {curve.n_examples} examples")
     return Section("Intervention curves", ctx.img(ax.figure, "intervention curves"))
 

@@ -45,6 +45,13 @@ al. (2020, Concept Bottleneck Models) is applied:
 
 With ``concept_filter="none"`` the concepts are the per-image labels of all 312
 attributes.
+
+**Groups and costs.** An attribute ``has_wing_color::blue`` belongs to the group
+``has_wing_color`` (28 groups in the official list; 112 kept attributes still fall into 28
+groups): :attr:`CUB200.concept_groups` gives ``{group: [concept names]}`` for group-level
+interventions. :attr:`CUB200.concept_costs` gives each group's mean annotation time in
+seconds (the last column of ``image_attribute_labels.txt``, averaged over the group's lines
+and then over the training split's images) — the cost of asking that question.
 """
 
 from __future__ import annotations
@@ -62,6 +69,37 @@ from bottlenecks.data.base import ConceptDataset, check_concepts, check_labels, 
 from bottlenecks.data.folder import _size_hw, file_signature, load_image
 
 SPLITS = ("train", "val", "test")
+GROUP_SEPARATOR = "::"
+
+
+def concept_groups_from_names(names: list[str], sep: str = GROUP_SEPARATOR) -> dict[str, list[str]]:
+    """``{group: [names]}`` from names of the form ``group::value`` (CUB's attribute names);
+    a name without ``sep`` is a group of its own. Groups keep the order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.split(sep, 1)[0] if sep in name else name, []).append(name)
+    return groups
+
+
+@functools.lru_cache(maxsize=2)
+def _annotation_seconds(path: str, size: int, mtime: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image id, attribute id, seconds)`` of every line of ``image_attribute_labels.txt``;
+    the time is the last column (a few official lines carry an extra column before it)."""
+    ids, attrs, secs = [], [], []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 5:
+                raise ValueError(f"CUB200: {path}, line {line_no}: no annotation time (expected 5 columns)")
+            try:
+                ids.append(int(parts[0]))
+                attrs.append(int(parts[1]))
+                secs.append(float(parts[-1]))
+            except ValueError:
+                raise ValueError(f"CUB200: {path}, line {line_no}: cannot read {line.strip()!r}") from None
+    return np.array(ids, np.int64), np.array(attrs, np.int64), np.array(secs, np.float64)
 REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
 
 
@@ -369,6 +407,41 @@ class CUB200(ConceptDataset):
         check_labels(self._y, self.num_classes, f"CUB200[{split}]")
         check_concepts(self._concepts, self.concept_names, f"CUB200[{split}]")
         self._signature = [k[1:] for k in key] + file_signature(self.image_paths)
+        self._labels_file = Path(files["image_attribute_labels.txt"])  # type: ignore[arg-type]
+        self._train_image_ids = meta["image_ids"][self._split_rows(meta["is_train"], labels_all, which="train")]
+
+    # ------------------------------------------------------------ groups and costs
+    @property
+    def concept_groups(self) -> dict[str, list[str]]:
+        """``{attribute group: [concept names]}``, e.g. ``has_wing_color`` → its colours."""
+        return concept_groups_from_names(self.concept_names)
+
+    @property
+    def concept_costs(self) -> dict[str, float]:
+        """``{attribute group: mean annotation seconds}`` over the training split (see the
+        module docstring); read from ``image_attribute_labels.txt`` on first use."""
+        if getattr(self, "_costs", None) is None:
+            st = os.stat(self._labels_file)
+            img, attr, secs = _annotation_seconds(str(self._labels_file), st.st_size, st.st_mtime_ns)
+            groups = list(self.concept_groups)
+            gpos = {g: k for k, g in enumerate(groups)}
+            group_of = np.full(int(max(attr.max(initial=0), max(self.kept_attribute_ids)) + 1), -1, np.int64)
+            for a, n in zip(self.kept_attribute_ids, self.concept_names):
+                group_of[a] = gpos[n.split(GROUP_SEPARATOR, 1)[0] if GROUP_SEPARATOR in n else n]
+            rows = np.isin(img, self._train_image_ids) & (group_of[attr] >= 0)
+            img_row = _lookup(np.sort(self._train_image_ids), img[rows])
+            cell = group_of[attr[rows]] * len(self._train_image_ids) + img_row  # (group, image)
+            n_cells = len(groups) * len(self._train_image_ids)
+            t_sum = np.bincount(cell, weights=secs[rows], minlength=n_cells).reshape(len(groups), -1)
+            t_cnt = np.bincount(cell, minlength=n_cells).reshape(len(groups), -1)
+            answered = t_cnt > 0  # mean time of the group's lines per image, then over images
+            per_image = np.where(answered, t_sum / np.maximum(t_cnt, 1), 0.0)
+            totals = {g: per_image[k][answered[k]] for k, g in enumerate(groups) if answered[k].any()}
+            missing = [g for g in self.concept_groups if g not in totals]
+            if missing:
+                raise ValueError(f"CUB200: no annotation time in the training split for group(s) {missing[:5]}")
+            self._costs = {g: float(totals[g].mean()) for g in groups}
+        return dict(self._costs)
 
     # ------------------------------------------------------------ processing
     def _split_rows(self, is_train: np.ndarray, labels: np.ndarray, which: str | None = None) -> np.ndarray:

@@ -213,3 +213,13 @@ class CUBDataModule(BottleneckDataModule):
         from bottlenecks.data.cub import CUB200
 
         return CUB200(split=split, return_parts=False, return_bbox=False, **self.cub_args)  # type: ignore[arg-type]
+
+    @property
+    def concept_groups(self) -> dict[str, list[str]]:
+        """CUB's attribute groups ``{group: [concept names]}`` (group-level interventions)."""
+        return self.dataset("train").concept_groups  # type: ignore[attr-defined]
+
+    @property
+    def concept_costs(self) -> dict[str, float]:
+        """Mean annotation seconds per attribute group (intervention costs)."""
+        return self.dataset("train").concept_costs  # type: ignore[attr-defined]

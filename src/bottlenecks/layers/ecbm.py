@@ -27,16 +27,26 @@ posterior ``p(c, y | x) ∝ exp(−E(x, c, y))``:
 
 * ``inference="exact"`` enumerates every (c, y) pair (small K, e.g. 10 concepts × 9
   classes = 9216 pairs) and returns exact marginals ``p(y | x)`` and ``p(c_k | x)``.
+* ``inference="mean_field"`` (chosen by ``"auto"`` when the pairs are too many, e.g.
+  CUB's 112 concepts) is label-conditioned mean field: for every label ``y`` a factorised
+  ``q(c | y) = Π_k q_k(c_k | y)`` is fitted by damped fixed-point updates
+  ``q_k ← σ(−λ_c ΔE_k(x) − λ_g ∂E_global(q, y)/∂q_k − Δevidence_k)``, and the label
+  posterior is ``q(y) ∝ exp(−F_y)`` with ``F_y`` the mean-field free energy of label ``y``.
+  Because every label gets its own concept beliefs, an intervention moves the label and
+  the concepts that go with it *together*: fixing ``red`` raises ``circle`` when they
+  co-occur, where a single relaxed ``(q(c), q(y))`` stays stuck (below).
 * ``inference="gradient"`` minimises the mean-field free energy over relaxed
   concepts ``q(c_k) ∈ [0, 1]`` and a relaxed label ``q(y)`` by gradient descent (the
   paper's energy minimisation over relaxed variables, plus the entropy terms that
-  keep the outputs probabilities).
+  keep the outputs probabilities). It is local: it keeps fixed values but does not carry
+  an intervention across the energy barrier between labels.
 
 An **intervention** fixes some concepts and re-infers the rest, so a correction
 *propagates*: fixing one concept changes the predicted probabilities of the
 concepts that co-occur with it, and the label. Values of exactly 0 or 1 are hard
 evidence; a value ``v`` strictly between acts as soft evidence with likelihood
-``v : (1 − v)`` (exact inference) or is held fixed at ``v`` (gradient inference).
+``v : (1 − v)`` (exact and mean-field inference) or is held fixed at ``v`` (gradient
+inference).
 
 The head of a :class:`~bottlenecks.models.module.BottleneckModel` over this
 bottleneck is the identity: ``z`` already is ``log p(y | x)``.
@@ -74,12 +84,20 @@ class EnergyConceptBottleneck(ConceptLayer):
         hidden: hidden width of the energy MLPs.
         concept_weight: ``λ_c``, weight of the concept energy in the total energy.
         global_weight: ``λ_g``, weight of the global energy in the total energy.
-        inference: ``"exact"`` (enumerate all (c, y) pairs), ``"gradient"`` (relaxed
-            free-energy minimisation) or ``"auto"`` (exact when ``2^K · M <= max_configs``).
+        inference: ``"exact"`` (enumerate all (c, y) pairs), ``"mean_field"``
+            (label-conditioned mean field; propagates interventions at any size),
+            ``"gradient"`` (relaxed free-energy minimisation, the paper's) or ``"auto"``
+            (exact when ``2^K · M <= max_configs``, else mean field).
         global_objective: ``"exact"`` (normalise over all pairs), ``"pseudo_likelihood"``
             or ``"auto"`` (exact when enumerable).
         max_configs: the largest ``2^K · M`` that ``"auto"`` still enumerates.
         gradient_steps, gradient_lr: iterations and Adam step size of gradient inference.
+        mean_field_steps, mean_field_damping: fixed-point iterations of mean-field inference
+            and the share of each update taken (1 = undamped).
+        mean_field_update: how mean field measures the global energy's pull on concept
+            ``k``: ``"difference"`` evaluates ``E_global`` with ``c_k`` set to 1 and to 0 (the
+            others at their means; closer to exact) or ``"gradient"`` its derivative (a
+            linearisation, ``num_concepts`` times cheaper per step).
 
     Shapes: ``h (batch, in_features)`` → ``z = log p(y | x)`` ``(batch, num_classes)``;
     ``concepts`` the logits of ``p(c_k = 1 | x)`` ``(batch, num_concepts)``;
@@ -109,18 +127,29 @@ class EnergyConceptBottleneck(ConceptLayer):
         hidden: int = 64,
         concept_weight: float = 1.0,
         global_weight: float = 1.0,
-        inference: Literal["auto", "exact", "gradient"] = "auto",
+        inference: Literal["auto", "exact", "mean_field", "gradient"] = "auto",
         global_objective: Literal["auto", "exact", "pseudo_likelihood"] = "auto",
         max_configs: int = 65536,
         gradient_steps: int = 100,
         gradient_lr: float = 0.1,
+        mean_field_steps: int = 30,
+        mean_field_damping: float = 0.5,
+        mean_field_update: Literal["difference", "gradient"] = "gradient",
     ) -> None:
         super().__init__()
         n = len(self._init_concepts(concept_names, num_concepts))
         if num_classes is None or num_classes < 2:
             raise ValueError(f"EnergyConceptBottleneck needs num_classes >= 2, got {num_classes}")
-        if inference not in ("auto", "exact", "gradient"):
-            raise ValueError(f"inference must be 'auto', 'exact' or 'gradient', got {inference!r}")
+        if inference not in ("auto", "exact", "mean_field", "gradient"):
+            raise ValueError(
+                f"inference must be 'auto', 'exact', 'mean_field' or 'gradient', got {inference!r}"
+            )
+        if mean_field_update not in ("difference", "gradient"):
+            raise ValueError(f"mean_field_update must be 'difference' or 'gradient', got {mean_field_update!r}")
+        if int(mean_field_steps) < 1:
+            raise ValueError(f"mean_field_steps must be >= 1, got {mean_field_steps}")
+        if not 0.0 < float(mean_field_damping) <= 1.0:
+            raise ValueError(f"mean_field_damping must lie in (0, 1], got {mean_field_damping}")
         if global_objective not in ("auto", "exact", "pseudo_likelihood"):
             raise ValueError(
                 f"global_objective must be 'auto', 'exact' or 'pseudo_likelihood', got {global_objective!r}"
@@ -136,7 +165,7 @@ class EnergyConceptBottleneck(ConceptLayer):
             raise ValueError(
                 f"exact inference enumerates 2^{n} * {self.num_classes} = {(2**n) * self.num_classes} "
                 f"(concepts, label) pairs, more than max_configs={self.max_configs}; use "
-                "inference='gradient' or raise max_configs"
+                "inference='mean_field' or raise max_configs"
             )
         if global_objective == "exact" and not enumerable:
             raise ValueError(
@@ -145,12 +174,15 @@ class EnergyConceptBottleneck(ConceptLayer):
             )
         self.inference = "exact" if inference == "auto" and enumerable else inference
         if self.inference == "auto":
-            self.inference = "gradient"
+            self.inference = "mean_field"
         self.global_objective = (
             ("exact" if enumerable else "pseudo_likelihood") if global_objective == "auto" else global_objective
         )
         self.gradient_steps = int(gradient_steps)
         self.gradient_lr = float(gradient_lr)
+        self.mean_field_steps = int(mean_field_steps)
+        self.mean_field_damping = float(mean_field_damping)
+        self.mean_field_update = mean_field_update
 
         d, H, K, M = int(embedding_dim), int(hidden), n, self.num_classes
         self.concept_embeddings = nn.Parameter(torch.randn(K, 2, d) / math.sqrt(d))  # [:, 0] = v⁻, [:, 1] = v⁺
@@ -262,6 +294,8 @@ class EnergyConceptBottleneck(ConceptLayer):
             # class energy's and the concepts are the concept energies' (their own likelihoods).
             log_py = F.log_softmax(-e_cls, dim=-1)
             logits = e_con[..., 0] - e_con[..., 1]
+        elif self.inference == "mean_field":
+            log_py, logits = self._infer_mean_field(e_cls, e_con, values, mask)
         else:
             log_py, logits = self._infer_gradient(e_cls, e_con, values, mask)
         probs = torch.sigmoid(logits)
@@ -301,6 +335,68 @@ class EnergyConceptBottleneck(ConceptLayer):
             lp_off = _masked_logsumexp(log_pc[:, None, :], ~on[None], dim=-1)
             logits.append(lp_on - lp_off)
         return torch.cat(log_pys), torch.cat(logits)
+
+    def _infer_mean_field(
+        self, e_cls: Tensor, e_con: Tensor, values: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Label-conditioned mean field: one factorised ``q(c | y)`` per label, then ``q(y)``.
+
+        For label ``y`` the free energy of ``q(c | y) = Π_k Bern(μ_yk)`` is::
+
+            F_y(μ) = E_class(x, y) + Σ_k [μ_yk U_k(1) + (1 − μ_yk) U_k(0)]
+                     + λ_g E_global(μ_y, y) − Σ_k H(μ_yk)
+
+        with unary energies ``U_k(c) = λ_c E_k(x, c) − log evidence_k(c)`` (an intervened
+        concept with value ``v`` has evidence ``v`` for 1 and ``1 − v`` for 0, so a hard 0/1
+        value clamps ``μ``). Its stationary points satisfy ``μ_yk = σ(U_k(0) − U_k(1) −
+        λ_g ∂E_global/∂μ_yk)``; we iterate that map with damping. Then
+        ``q(y) ∝ exp(−F_y(μ_y))`` and ``p(c_k = 1) = Σ_y q(y) μ_yk``. Batches are chunked to bound memory
+        (``(chunk, num_classes, num_concepts, hidden)`` for differences).
+        """
+        K, M = self.num_concepts, self.num_classes
+        unary = self.concept_weight * e_con  # (b, K, 2)
+        if mask is not None:
+            m = mask.to(unary.dtype)
+            ev1 = -torch.log(values).clamp_min(-1e4).nan_to_num(0.0)  # energy of c_k = 1: −log v
+            ev0 = -torch.log1p(-values).clamp_min(-1e4).nan_to_num(0.0)
+            unary = unary + torch.stack([ev0.clamp_max(1e4), ev1.clamp_max(1e4)], -1) * m[..., None]
+        with torch.inference_mode(False), torch.enable_grad():
+            unary = unary.detach().clone()
+            ec = e_cls.detach().clone()
+            slots = self._global_slots().detach()
+            delta = slots[:, 1] - slots[:, 0]  # (K, H)
+            pre0 = slots[:, 0].sum(0)  # (H,)
+            pre_u = self.global_u(self.class_embeddings).detach()  # (M, H)
+            width = delta.shape[1] * (K if self.mean_field_update == "difference" else 1) + K
+            chunk = max(1, (1 << 22) // (M * width))
+            log_pys, logits = [], []
+            for s in range(0, ec.shape[0], chunk):
+                u, e = unary[s : s + chunk], ec[s : s + chunk]
+                gap = u[..., 0] - u[..., 1]  # (b, K): log-odds of c_k = 1 from the unaries
+                mu = torch.sigmoid(gap)[:, None, :].expand(-1, M, -1).contiguous()  # (b, M, K)
+                for _ in range(self.mean_field_steps):
+                    if self.mean_field_update == "difference":
+                        # E_global(μ with c_k := 1, y) − E_global(μ with c_k := 0, y) for every k
+                        with torch.no_grad():
+                            pre = pre0 + mu @ delta + pre_u  # (b, M, H)
+                            off = pre[:, :, None, :] - mu[..., None] * delta  # (b, M, K, H)
+                            grad = self.global_mlp(off + delta).squeeze(-1) - self.global_mlp(off).squeeze(-1)
+                    else:
+                        mu_ = mu.detach().requires_grad_(True)
+                        e_glob = self.global_mlp(pre0 + mu_ @ delta + pre_u).squeeze(-1)  # (b, M)
+                        (grad,) = torch.autograd.grad(e_glob.sum(), mu_)
+                    target = torch.sigmoid(gap[:, None, :] - self.global_weight * grad)
+                    mu = (1 - self.mean_field_damping) * mu + self.mean_field_damping * target
+                with torch.no_grad():
+                    e_glob = self.global_mlp(pre0 + mu @ delta + pre_u).squeeze(-1)
+                    ent = -(torch.xlogy(mu, mu) + torch.xlogy(1 - mu, 1 - mu)).sum(-1)  # (b, M)
+                    unary_e = (mu * u[:, None, :, 1] + (1 - mu) * u[:, None, :, 0]).sum(-1)
+                    free = e + unary_e + self.global_weight * e_glob - ent  # (b, M)
+                    log_py = F.log_softmax(-free, dim=-1)
+                    pc = (log_py.exp()[:, :, None] * mu).sum(1).clamp(1e-12, 1 - 1e-12)
+                    log_pys.append(log_py)
+                    logits.append(torch.log(pc) - torch.log1p(-pc))
+        return torch.cat(log_pys).to(e_cls.dtype), torch.cat(logits).to(e_cls.dtype)
 
     def _infer_gradient(
         self, e_cls: Tensor, e_con: Tensor, values: Tensor | None, mask: Tensor | None
