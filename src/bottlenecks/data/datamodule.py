@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from bottlenecks.data.base import ConceptDataset, Task, check_concepts, check_labels
 from bottlenecks.data.validation import (
