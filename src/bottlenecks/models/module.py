@@ -27,7 +27,11 @@ Task = Literal["classification", "regression"]
 #: names before the unified vocabulary); 2: bottlenecks 0.2 (edit log, unified names).
 CHECKPOINT_FORMAT = 2
 
-__all__ = ["BottleneckModel", "FeatureNorm", "masked_concept_bce"]
+__all__ = ["BottleneckModel", "FeatureNorm", "OPTIMIZER_DEFAULTS", "masked_concept_bce"]
+
+#: The model's optimiser settings where neither the model's options nor the bottleneck's
+#: ``training_defaults()`` say otherwise.
+OPTIMIZER_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine", "warmup_fraction": 0.0}
 
 
 class FeatureNorm(nn.Module):
@@ -76,6 +80,12 @@ class BottleneckModel(L.LightningModule):
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
         lr, weight_decay, momentum: optimiser settings.
         lr_schedule: ``"cosine"`` (over the run's total steps) or ``"constant"``.
+        warmup_fraction: fraction of the run's total steps over which the learning rate
+            rises linearly from ~0 to ``lr`` before the schedule (0 = no warmup).
+            ``lr``, ``weight_decay``, ``lr_schedule`` and ``warmup_fraction`` left unset (None)
+            take the bottleneck's measured :meth:`~bottlenecks.layers.base.Bottleneck.training_defaults`
+            (the gradient-trained concept bottlenecks: docs/defaults.md), else
+            :data:`OPTIMIZER_DEFAULTS`; the resolved values are the model's hyperparameters.
         data_init_samples: how many training features ``bottleneck.init_from_data`` sees.
         encoder: the frozen encoder spec (linked from the data) used when the model is
             given raw images rather than features.
@@ -95,10 +105,11 @@ class BottleneckModel(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         standardize_features: bool | None = None,
         optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        lr: float | None = None,
+        weight_decay: float | None = None,
         momentum: float = 0.9,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        lr_schedule: Literal["cosine", "constant"] | None = None,
+        warmup_fraction: float | None = None,
         data_init_samples: int = 20000,
         encoder: str | dict[str, Any] | None = None,
         text_encoder: str | dict[str, Any] | None = None,
@@ -119,6 +130,7 @@ class BottleneckModel(L.LightningModule):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         if task == "classification" and (num_classes is None or num_classes < 2):
             raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
+        self._resolve_optimizer_defaults(bottleneck)
         self.bottleneck = bottleneck
         self.task = task
         self.num_classes = num_classes
@@ -149,6 +161,24 @@ class BottleneckModel(L.LightningModule):
         self._loss_sums: dict[str, dict[str, Tensor]] = {}
         self._loss_counts: dict[str, int] = {}
         self._build_metrics()
+
+    def _resolve_optimizer_defaults(self, bottleneck: Bottleneck) -> None:
+        """Fill the optimiser options left unset from the bottleneck's measured defaults, then
+        :data:`OPTIMIZER_DEFAULTS`; check them."""
+        measured = dict(bottleneck.training_defaults())
+        unknown = sorted(set(measured) - set(OPTIMIZER_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"{type(bottleneck).__name__}.training_defaults() names {unknown}; known: {sorted(OPTIMIZER_DEFAULTS)}"
+            )
+        for name, fallback in OPTIMIZER_DEFAULTS.items():
+            if self.hparams.get(name) is None:
+                self.hparams[name] = measured.get(name, fallback)
+        hp = self.hparams
+        if hp.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {hp.lr_schedule!r}")
+        if not 0.0 <= hp.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {hp.warmup_fraction!r}")
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -486,13 +516,34 @@ class BottleneckModel(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {hp.optimizer!r}")
-        if hp.lr_schedule == "constant":
+        warmup = float(hp.get("warmup_fraction") or 0.0)
+        if hp.lr_schedule == "constant" and warmup == 0:
             return opt
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total <= 0:
             return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
+        if warmup == 0:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, _WarmupSchedule(int(total), max(1, round(warmup * total)), hp.lr_schedule == "cosine")
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _WarmupSchedule:
+    """LR factor at a step: linear warmup over ``warmup`` steps, then constant or cosine to 0 at ``total``."""
+
+    def __init__(self, total: int, warmup: int, cosine: bool) -> None:
+        self.total, self.warmup, self.cosine = total, warmup, cosine
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if not self.cosine:
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def check_checkpoint_format(checkpoint: dict[str, Any], where: str = "the checkpoint") -> int:
