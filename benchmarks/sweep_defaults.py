@@ -89,7 +89,9 @@ def _from_datamodule(dm: Any) -> dict:
     for split in ("train", "val", "test"):
         b = dm.split(split)
         arrays.update({f"x_{split}": b.x, f"y_{split}": b.y, f"concepts_{split}": b.concepts})
-    return {"arrays": arrays, "concept_names": list(dm.concept_names), "num_classes": int(dm.num_classes)}
+    names = list(dm.concept_names or [])  # digits: none (its concepts are added by digits())
+    return {"arrays": {k: v for k, v in arrays.items() if v is not None}, "concept_names": names,
+            "num_classes": int(dm.num_classes)}
 
 
 def shapes(cache_dir: str) -> dict:
@@ -252,12 +254,13 @@ def train_once(model: str, data: dict, options: dict[str, Any], epochs: int, see
     return out
 
 
-def grid(quick: bool, default_epochs: int) -> tuple[list[tuple[dict, int]], list[float]]:
+def grid(quick: bool, default_epochs: int, lrs: list[float] = list(LRS), schedules: list[str] = list(SCHEDULES),
+         epochs: list[int] = list(EPOCHS)) -> tuple[list[tuple[dict, int]], list[float]]:
     """Stage-1 settings (lr x schedule x epochs at weight decay 1e-4) and the stage-2 decays."""
     if quick:
         return [({"lr": lr, **SCHEDULES["cosine"], "weight_decay": 1e-4}, default_epochs) for lr in (1e-3, 1e-2, 1e-1, 3e-1)], []
     stage1 = [
-        ({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4}, e) for lr, s, e in itertools.product(LRS, SCHEDULES, EPOCHS)
+        ({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4}, e) for lr, s, e in itertools.product(lrs, schedules, epochs)
     ]
     return stage1, list(WEIGHT_DECAYS)
 
@@ -279,10 +282,10 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
 
 
 def sweep(model: str, name: str, data: dict, seeds: list[int], quick: bool, default_epochs: int,
-          done: list[dict], record: Any) -> dict:
+          done: list[dict], record: Any, **grid_args: Any) -> dict:
     default_options = model_defaults(model, data)
     old_options = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine", "warmup_fraction": 0.0}
-    stage1, decays = grid(quick, default_epochs)
+    stage1, decays = grid(quick, default_epochs, **grid_args)
     have = {(r["setting"], r["seed"]) for r in done if r["model"] == model and r["dataset"] == name}
 
     def run_all(settings: list[tuple[dict, int]]) -> None:
@@ -343,6 +346,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--models", nargs="+", default=["cbm", "cem", "ecbm"], choices=["cbm", "cem", "ecbm"])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--lrs", nargs="+", type=float, default=list(LRS), help="learning rates of the grid")
+    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    ap.add_argument("--epochs", nargs="+", type=int, default=list(EPOCHS), help="budgets of the grid")
     ap.add_argument("--default-epochs", type=int, default=15, help="budget of the default row (the shipped configs')")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "features"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "sweep_defaults"))
@@ -381,7 +387,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.datasets:
         data = DATASETS[name](args.cache_dir)
         for model in args.models:
-            summary.append(sweep(model, name, data, args.seeds, args.quick, args.default_epochs, runs, record))
+            summary.append(sweep(model, name, data, args.seeds, args.quick, args.default_epochs, runs, record,
+                                 lrs=args.lrs, schedules=args.schedules, epochs=args.epochs))
             saved["summary"] = summary
             path.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
     print(f"\nload {open('/proc/loadavg').read().split()[:3]}, torch threads {args.threads}; {path}")
