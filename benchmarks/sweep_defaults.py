@@ -65,8 +65,9 @@ SCHEDULES = {  # name -> BottleneckModel options
     "constant": {"lr_schedule": "constant", "warmup_fraction": 0.0},
     "cosine": {"lr_schedule": "cosine", "warmup_fraction": 0.0},
     "warmup_cosine": {"lr_schedule": "cosine", "warmup_fraction": 0.05},
+    "cooldown": {"lr_schedule": "cooldown", "warmup_fraction": 0.0},
 }
-LRS = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+LRS = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the first sweep ran these x constant/cosine/warmup_cosine
 EPOCHS = (15, 40)
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
 SEVEN_SEGMENTS = {  # segments a (top) b (upper right) c (lower right) d (bottom) e (lower left) f (upper left) g (middle)
@@ -255,14 +256,18 @@ def train_once(model: str, data: dict, options: dict[str, Any], epochs: int, see
 
 
 def grid(quick: bool, default_epochs: int, lrs: list[float] = list(LRS), schedules: list[str] = list(SCHEDULES),
-         epochs: list[int] = list(EPOCHS)) -> tuple[list[tuple[dict, int]], list[float]]:
-    """Stage-1 settings (lr x schedule x epochs at weight decay 1e-4) and the stage-2 decays."""
+         epochs: list[int] = list(EPOCHS), concept_loss_weights: list[float] = [1.0],
+         weight_decays: list[float] = list(WEIGHT_DECAYS)) -> tuple[list[tuple[dict, int]], list[float]]:
+    """Stage-1 settings (lr x schedule x epochs [x concept_loss_weight] at weight decay 1e-4) and
+    the stage-2 decays."""
     if quick:
-        return [({"lr": lr, **SCHEDULES["cosine"], "weight_decay": 1e-4}, default_epochs) for lr in (1e-3, 1e-2, 1e-1, 3e-1)], []
+        return [({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4}, default_epochs)
+                for lr in (1e-2, 1e-1) for s in ("cosine", "cooldown")], []
     stage1 = [
-        ({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4}, e) for lr, s, e in itertools.product(lrs, schedules, epochs)
+        ({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4, **({} if w == 1.0 else {"concept_loss_weight": w})}, e)
+        for lr, s, e, w in itertools.product(lrs, schedules, epochs, concept_loss_weights)
     ]
-    return stage1, list(WEIGHT_DECAYS)
+    return stage1, list(weight_decays)
 
 
 def key(options: dict, epochs: int) -> str:
@@ -284,7 +289,7 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
 def sweep(model: str, name: str, data: dict, seeds: list[int], quick: bool, default_epochs: int,
           done: list[dict], record: Any, **grid_args: Any) -> dict:
     default_options = model_defaults(model, data)
-    old_options = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine", "warmup_fraction": 0.0}
+    old_options = OLD_DEFAULTS
     stage1, decays = grid(quick, default_epochs, **grid_args)
     have = {(r["setting"], r["seed"]) for r in done if r["model"] == model and r["dataset"] == name}
 
@@ -311,10 +316,19 @@ def sweep(model: str, name: str, data: dict, seeds: list[int], quick: bool, defa
         stage2.append(({**best_options, "weight_decay": wd}, json.loads(best1)["epochs"]))
         stage2.append(({**default_options, "weight_decay": wd}, default_epochs))
     run_all(stage2)
-    grid_keys |= {key(o, e) for o, e in stage2} | {key(default_options, default_epochs)}
-    stats = summarise(mine())
-    best = max((k for k in stats if k in grid_keys), key=lambda k: stats[k]["val_task_acc"])
-    d, o = stats[key(default_options, default_epochs)], stats[key(old_options, default_epochs)]
+    return compare(mine(), model, name, default_options, default_epochs)
+
+
+OLD_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine", "warmup_fraction": 0.0}
+
+
+def compare(runs: list[dict], model: str, name: str, default_options: dict, default_epochs: int) -> dict:
+    """Best setting (by mean validation task accuracy, among the settings run with the most
+    seeds) against the default and the old default, from every run of one model on one dataset."""
+    stats = summarise([r for r in runs if r["model"] == model and r["dataset"] == name])
+    most = max(v["seeds"] for v in stats.values())
+    best = max((k for k in stats if stats[k]["seeds"] == most), key=lambda k: stats[k]["val_task_acc"])
+    d, o = stats[key(default_options, default_epochs)], stats[key(OLD_DEFAULTS, default_epochs)]
     return {
         "model": model, "dataset": name, "best": json.loads(best), "best_stats": stats[best],
         "default": {**default_options, "epochs": default_epochs}, "default_stats": d,
@@ -323,8 +337,63 @@ def sweep(model: str, name: str, data: dict, seeds: list[int], quick: bool, defa
     }
 
 
+def table_from_files(files: list[str], default_epochs: int, cache_dir: str, out: Path) -> list[dict]:
+    """The table over every run in ``files``; default rows the current code would use and no
+    file has are trained first (for the seeds of that model and dataset) and kept in
+    ``<out>/sweep_defaults_rows.json``."""
+    extra_path = out / "sweep_defaults_rows.json"
+    extra = json.loads(extra_path.read_text())["runs"] if extra_path.is_file() else []
+    unique = {}  # a setting and seed run by two sweeps (same data, same seed) counts once
+    for r in [r for f in files for r in json.loads(Path(f).read_text())["runs"]] + extra:
+        unique.setdefault((r["model"], r["dataset"], r["setting"], r["seed"]), r)
+    runs = list(unique.values())
+    seen = set(unique)
+    rows = []
+    for name in DATASETS:
+        data = None
+        for model in ("cbm", "cem", "ecbm"):
+            group = [r for r in runs if r["model"] == model and r["dataset"] == name]
+            if not group:
+                continue
+            data = data or DATASETS[name](cache_dir)
+            options = model_defaults(model, data)
+            for opts in (options, OLD_DEFAULTS):
+                k = key(opts, default_epochs)
+                for seed in sorted({r["seed"] for r in group}):
+                    if (model, name, k, seed) not in seen:
+                        row = {"model": model, "dataset": name, "setting": k, "seed": seed,
+                               **train_once(model, data, opts, default_epochs, seed)}
+                        runs.append(row)
+                        extra.append(row)
+                        seen.add((model, name, k, seed))
+                        extra_path.write_text(json.dumps({"runs": extra}, indent=1))
+            rows.append(compare(runs, model, name, options, default_epochs))
+    (out / "sweep_defaults_table.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def leakage_table(seeds: list[int], out: Path) -> list[dict]:
+    """The joint CBM on the two toys: task accuracy, and task accuracy given every true concept,
+    at the issue's lr 1e-2 and at the defaults, for concept_loss_weight 1, 5 and 20 (15 epochs)."""
+    rows = []
+    for name in ("toy", "toy_wide"):
+        data = DATASETS[name]("")
+        for label, options in (("lr 1e-2 (issue)", {"lr": 1e-2}), ("defaults", {})):
+            for weight in (1.0, 5.0, 20.0):
+                res = [train_once("cbm", data, {**options, "concept_loss_weight": weight}, 15, s) for s in seeds]
+                row = {"dataset": name, "setting": label, "concept_loss_weight": weight,
+                       **{m: statistics.fmean(r[m] for r in res) for m in ("test_task_acc", "test_concept_acc",
+                                                                           "test_all_true_acc")}}
+                rows.append(row)
+                print(f"| {name} | {label} | {weight:g} | {row['test_task_acc']:.3f} | {row['test_concept_acc']:.3f} "
+                      f"| {row['test_all_true_acc']:.3f} |", flush=True)
+    (out / "leakage.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def fmt_setting(s: dict) -> str:
-    return f"lr {s['lr']:g}, wd {s['weight_decay']:g}, {schedule_name(s)}, {s['epochs']} ep"
+    weight = f", λ {s['concept_loss_weight']:g}" if "concept_loss_weight" in s else ""
+    return f"lr {s['lr']:g}, wd {s['weight_decay']:g}, {schedule_name(s)}, {s['epochs']} ep{weight}"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -342,18 +411,24 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the toy, CBM, 4 learning rates, 1 seed")
+    ap.add_argument("--quick", action="store_true", help="the toy, CBM, 2 learning rates x 2 schedules, 1 seed")
     ap.add_argument("--models", nargs="+", default=["cbm", "cem", "ecbm"], choices=["cbm", "cem", "ecbm"])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--lrs", nargs="+", type=float, default=list(LRS), help="learning rates of the grid")
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--epochs", nargs="+", type=int, default=list(EPOCHS), help="budgets of the grid")
+    ap.add_argument("--concept-loss-weights", nargs="+", type=float, default=[1.0],
+                    help="concept_loss_weight values of the grid (1 = the model's default, not in the setting's key)")
+    ap.add_argument("--weight-decays", nargs="+", type=float, default=list(WEIGHT_DECAYS), help="stage-2 decays")
     ap.add_argument("--default-epochs", type=int, default=15, help="budget of the default row (the shipped configs')")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "features"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "sweep_defaults"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
-    ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of saved sweep files")
+    ap.add_argument("--leakage", action="store_true",
+                    help="only the all-true-concepts table of the joint CBM on the toys (concept_loss_weight 1/5/20)")
+    ap.add_argument("--table", nargs="+", metavar="JSON",
+                    help="the table over every run of these sweep files (missing default rows are trained)")
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.datasets, args.seeds = ["cbm"], ["toy"], [0]
@@ -364,14 +439,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(logger).setLevel(logging.ERROR)
-    if args.table:
-        rows = [s for f in args.table for s in json.loads(Path(f).read_text())["summary"]]
-        print_table(rows)
-        return rows
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        rows = table_from_files(args.table, args.default_epochs, args.cache_dir, out)
+        print(f"load {open('/proc/loadavg').read().split()[:3]}, torch threads {args.threads}")
+        print_table(rows)
+        return rows
     path = out / ("sweep_defaults_quick.json" if args.quick else "sweep_defaults.json")
+    if args.leakage:
+        print("| dataset | setting | concept_loss_weight | task acc | concept acc | task acc, every true concept given |")
+        print("|---|---|---|---|---|---|")
+        return leakage_table(args.seeds, out)
     saved = json.loads(path.read_text()) if path.is_file() else {"runs": [], "summary": []}
     runs: list[dict] = saved["runs"]
 
@@ -388,7 +468,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         data = DATASETS[name](args.cache_dir)
         for model in args.models:
             summary.append(sweep(model, name, data, args.seeds, args.quick, args.default_epochs, runs, record,
-                                 lrs=args.lrs, schedules=args.schedules, epochs=args.epochs))
+                                 lrs=args.lrs, schedules=args.schedules, epochs=args.epochs,
+                                 concept_loss_weights=args.concept_loss_weights, weight_decays=args.weight_decays))
             saved["summary"] = summary
             path.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
     print(f"\nload {open('/proc/loadavg').read().split()[:3]}, torch threads {args.threads}; {path}")

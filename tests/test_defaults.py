@@ -66,7 +66,7 @@ def test_explicit_options_win_and_the_resolved_values_are_hyperparameters():
 def test_bad_schedule_options_are_named():
     with pytest.raises(ValueError, match="warmup_fraction must lie in \\[0, 1\\), got 1.5"):
         BottleneckModel(IdentityBottleneck(4), num_classes=2, warmup_fraction=1.5)
-    with pytest.raises(ValueError, match="lr_schedule must be 'cosine' or 'constant', got 'linear'"):
+    with pytest.raises(ValueError, match="lr_schedule must be 'cosine', 'constant' or 'cooldown', got 'linear'"):
         BottleneckModel(IdentityBottleneck(4), num_classes=2, lr_schedule="linear")
 
     class Odd(IdentityBottleneck):
@@ -85,7 +85,7 @@ class _RecordLR(L.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "cooldown"])
 def test_warmup_rises_linearly_then_follows_the_schedule(schedule):
     x = torch.randn(200, 4)
     dm = ArrayDataModule.from_arrays(x_train=x, y_train=(x[:, 0] > 0).long(), batch_size=10)  # 18 steps/epoch
@@ -99,5 +99,11 @@ def test_warmup_rises_linearly_then_follows_the_schedule(schedule):
     assert lrs[warm] == pytest.approx(0.1)
     if schedule == "cosine":
         assert torch.all(lrs[warm + 1 :] <= lrs[warm:-1]) and lrs[-1] < 0.01
-    else:
+    elif schedule == "constant":
         assert torch.allclose(lrs[warm:], torch.tensor(0.1))
+    else:  # constant, then linear to 0 over the last 20% of the steps
+        cool = total - round(0.2 * total)
+        assert torch.allclose(lrs[warm:cool], torch.tensor(0.1))
+        steps = lrs[cool:].diff()
+        assert lrs[cool] < 0.1 and torch.all(steps < 0) and torch.allclose(steps, steps[0])
+        assert lrs[-1] == pytest.approx(0.1 / (0.2 * total))

@@ -99,7 +99,7 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
 
     def training_defaults(self) -> dict[str, object]:
         # Measured by benchmarks/sweep_defaults.py (docs/defaults.md).
-        return {"lr": 0.03, "weight_decay": 1e-4}
+        return {"lr": 0.01, "weight_decay": 1e-4}
 
     def forward(
         self,

@@ -79,7 +79,8 @@ class BottleneckModel(L.LightningModule):
             (``bottleneck.feature_space == "encoder"``: concept banks), where True is an error.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
         lr, weight_decay, momentum: optimiser settings.
-        lr_schedule: ``"cosine"`` (over the run's total steps) or ``"constant"``.
+        lr_schedule: ``"cosine"`` (over the run's total steps), ``"constant"``, or
+            ``"cooldown"``: constant, then linear to 0 over the last 20% of the steps.
         warmup_fraction: fraction of the run's total steps over which the learning rate
             rises linearly from ~0 to ``lr`` before the schedule (0 = no warmup).
             ``lr``, ``weight_decay``, ``lr_schedule`` and ``warmup_fraction`` left unset (None)
@@ -108,7 +109,7 @@ class BottleneckModel(L.LightningModule):
         lr: float | None = None,
         weight_decay: float | None = None,
         momentum: float = 0.9,
-        lr_schedule: Literal["cosine", "constant"] | None = None,
+        lr_schedule: Literal["cosine", "constant", "cooldown"] | None = None,
         warmup_fraction: float | None = None,
         data_init_samples: int = 20000,
         encoder: str | dict[str, Any] | None = None,
@@ -175,8 +176,8 @@ class BottleneckModel(L.LightningModule):
             if self.hparams.get(name) is None:
                 self.hparams[name] = measured.get(name, fallback)
         hp = self.hparams
-        if hp.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {hp.lr_schedule!r}")
+        if hp.lr_schedule not in ("cosine", "constant", "cooldown"):
+            raise ValueError(f"lr_schedule must be 'cosine', 'constant' or 'cooldown', got {hp.lr_schedule!r}")
         if not 0.0 <= hp.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {hp.warmup_fraction!r}")
 
@@ -522,26 +523,31 @@ class BottleneckModel(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total <= 0:
             return opt
-        if warmup == 0:
+        if warmup == 0 and hp.lr_schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
         else:
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, _WarmupSchedule(int(total), max(1, round(warmup * total)), hp.lr_schedule == "cosine")
-            )
+            warm = max(1, round(warmup * total)) if warmup > 0 else 0
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _LRFactor(int(total), warm, hp.lr_schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class _WarmupSchedule:
-    """LR factor at a step: linear warmup over ``warmup`` steps, then constant or cosine to 0 at ``total``."""
+class _LRFactor:
+    """LR factor at a step: linear warmup over ``warmup`` steps, then ``schedule`` until ``total``:
+    constant; cosine to 0; or constant and a linear cooldown to 0 over the last 20% of the steps."""
 
-    def __init__(self, total: int, warmup: int, cosine: bool) -> None:
-        self.total, self.warmup, self.cosine = total, warmup, cosine
+    COOLDOWN = 0.2
+
+    def __init__(self, total: int, warmup: int, schedule: str) -> None:
+        self.total, self.warmup, self.schedule = total, warmup, schedule
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
-        if not self.cosine:
+        if self.schedule == "constant":
             return 1.0
+        if self.schedule == "cooldown":
+            left = self.total - step  # steps left, this one included
+            return min(1.0, left / max(1.0, self.COOLDOWN * self.total))
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
