@@ -3,15 +3,19 @@
     python benchmarks/sweep_defaults.py                    # every dataset, CBM + CEM + ECBM, 2 seeds
     python benchmarks/sweep_defaults.py --quick            # the toy, CBM, 4 settings, 1 seed (~1 min)
     python benchmarks/sweep_defaults.py --models cbm --datasets toy digits --seeds 0 1 2
+    python benchmarks/sweep_defaults.py --table runs/sweep_*/sweep_defaults.json   # one table over every sweep file
+    python benchmarks/sweep_defaults.py --leakage --seeds 0 1   # true-concept accuracy vs concept_loss_weight
 
 Models: the joint CBM (:class:`~bottlenecks.layers.concept.ConceptBottleneck`, linear
 predictor, the head reads probabilities), CEM and ECBM, all trained by
 :class:`~bottlenecks.models.BottleneckModel` through a Lightning ``Trainer`` exactly as a
 user would (the independent and sequential CBM modes are exact convex fits and not swept).
 
-Grid: learning rate x schedule (constant, cosine, 5% warmup then cosine) x budget
+Grid: learning rate x schedule (constant, cosine, 5% warmup then cosine, cooldown) x budget
 (epochs) at weight decay 1e-4, then weight decay {0, 1e-4, 1e-3, 1e-2} at the best of
-that stage and at the package's defaults. Each setting is run with every seed; the best
+that stage and at the package's defaults (``--lrs``, ``--schedules``, ``--epochs``,
+``--weight-decays``, ``--concept-loss-weights`` narrow or widen it; docs/defaults.md lists
+the grids that were run). Each setting is run with every seed; the best
 setting is chosen on mean **validation** task accuracy and reported by mean **test**
 accuracy. The default row uses what :class:`BottleneckModel` resolves when these options are
 left unset (so the table follows the code) at ``--default-epochs`` epochs.
