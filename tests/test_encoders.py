@@ -428,3 +428,92 @@ def test_minilm_text_encoder_offline() -> None:
     assert not enc.training
     with pytest.raises(FileNotFoundError, match="no model folder"):
         build_text_encoder({"name": "sentence:/definitely/not/here"})
+
+
+# --------------------------------------------------------------------------- speed options
+def test_auto_threads_settles_on_the_count_that_runs_fastest(monkeypatch) -> None:
+    """A machine where 2 threads are oversubscribed (every call 20x slower): "auto" measures it
+    and runs nearly every call on 1 thread; where 2 threads are faster it moves to 2."""
+    import time
+
+    from bottlenecks.encoders import base
+
+    monkeypatch.setattr(base, "available_cores", lambda: 2)
+    for slow_with, fast in ((2, 1), (1, 2)):
+        enc = IdentityEncoder(4, num_threads="auto")
+        used = []
+        real_forward = enc.forward
+
+        def forward(x, used=used, slow_with=slow_with):
+            used.append(torch.get_num_threads())
+            time.sleep(0.02 if torch.get_num_threads() == slow_with else 0.001)
+            return real_forward(x)
+
+        monkeypatch.setattr(enc, "forward", forward)
+        for _ in range(80):
+            enc.encode(torch.rand(8, 4))
+        assert used[-40:].count(fast) >= 39, used
+        # re-measured after 16 calls, then 32, 64...: 3 slow calls in 80 (every 16 would be 6)
+        assert used.count(slow_with) <= 4, used
+
+
+def test_thread_and_worker_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="num_threads must be a positive integer, 'auto' or None"):
+        IdentityEncoder(4, num_threads="fast")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_encoder({"name": "lite0", "image_size": 32, "precision": "fp16"})
+    with pytest.raises(ValueError, match="num_workers must be a non-negative integer or 'auto'"):
+        IdentityEncoder(12).encode_dataset(TinyImages(4, kind="features"), num_workers="many", progress=False)
+    from bottlenecks.encoders.base import auto_workers, available_cores
+
+    assert 1 <= available_cores() <= (os.cpu_count() or 1)
+    assert 0 <= auto_workers() <= max(0, available_cores() - 2)
+    feats = IdentityEncoder(12).encode_dataset(TinyImages(6, kind="features"), num_workers="auto", progress=False)
+    assert feats.shape == (6, 12)
+
+
+def test_bf16_features_are_close_and_never_share_a_cache_entry_with_fp32(lite0, tmp_path) -> None:
+    from bottlenecks.encoders import FeatureCache
+
+    bf16 = build_encoder({"name": "lite0", "image_size": 64, "precision": "bf16"})
+    assert "precision" not in lite0.cache_identity()  # fp32 entries keep their keys
+    assert bf16.cache_identity()["precision"] == "bf16 autocast"
+    x = drawn_images(64)
+    a, b = lite0.encode(x), bf16.encode(x)
+    assert a.dtype == b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.97  # 0.98 on the ramp at 64 px
+    assert not torch.equal(a, b)  # bf16 did run
+
+    cache, ds = FeatureCache(tmp_path), TinyImages(6)
+    first = cache.encode(lite0, ds, "train", progress=False)
+    second = cache.encode(bf16, ds, "train", progress=False)
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(cache.encode(lite0, ds, "train", progress=False), first, rtol=0, atol=0)
+    auto = build_encoder({"name": "lite0", "image_size": 64, "precision": "auto"})
+    from bottlenecks.encoders.base import bf16_supported
+
+    assert auto.resolved_precision() in ("fp32", "bf16")
+    if not bf16_supported(torch.device("cpu")):
+        assert auto.resolved_precision() == "fp32"
+
+
+def _tiny_conv(**options) -> FrozenEncoder:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return FrozenEncoder(net, name="tiny_conv", feature_dim=4, transform=ImageTransform(12, interpolation="bilinear"),
+                         architecture="tiny conv", weights="seed-0", **options)
+
+
+def test_workers_prepare_batches_exactly_as_the_encoder_does() -> None:
+    """With workers, the resize + normalise run in the worker processes: same features, same order."""
+    enc, ds = _tiny_conv(num_threads=1), TinyImages(10)
+    direct = enc.encode(torch.stack([ds[i]["x"] for i in range(len(ds))]))
+    in_process = enc.encode_dataset(ds, batch_size=3, progress=False)
+    in_workers = enc.encode_dataset(ds, batch_size=3, num_workers=2, progress=False)
+    torch.testing.assert_close(in_process, direct, rtol=0, atol=1e-6)
+    assert torch.equal(in_workers, in_process)
+    shard = enc.encode_dataset(ds, batch_size=4, progress=False, indices=range(3, 8))
+    assert torch.equal(shard, in_process[3:8])
+    with pytest.raises(IndexError, match=r"indices \[10\] are outside TinyImages of length 10"):
+        enc.encode_dataset(ds, progress=False, indices=[0, 10])

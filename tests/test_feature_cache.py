@@ -317,3 +317,122 @@ def test_encode_through_cache_once(tmp_path: Path) -> None:
     ident = {**enc.cache_identity(), "dataset": "tiny-features-v1", "split": "train"}
     meta = json.loads((cache.entry_dir(ident) / "meta.json").read_text())
     assert meta["identity"]["encoder"] == "identity" and meta["identity"]["split"] == "train"
+
+
+# --------------------------------------------------------------------------- several processes
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_encode_shards_and_share_one_merged_entry(tmp_path: Path) -> None:
+    """Two gloo ranks: each encodes about half of each split, both end with the same features,
+    equal to a one-process encode, stored as one normal entry; a split that rank 0 alone loads
+    later does not wait for rank 1."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _ddp_cache_worker import SIZES, CountingData, run
+
+    # forked (the children reuse this process's imports), joined with a timeout: a hang fails
+    assert _fork_ranks(run, tmp_path) == [0, 0]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+    single = CountingData(str(tmp_path / "single-process-cache"))
+    single.setup("fit")
+    for split in ("train", "val"):
+        assert torch.equal(r0[split], r1[split])
+        torch.testing.assert_close(r0[split], single.split(split).x, rtol=0, atol=1e-6)
+        n = SIZES[split]
+        assert r0["reads"][split] + r1["reads"][split] == n  # every row encoded once in all
+        assert abs(r0["reads"][split] - n / 2) <= 1 and abs(r1["reads"][split] - n / 2) <= 1
+        assert single.dataset(split).reads == n
+    torch.testing.assert_close(r0["test"], single.split("test").x, rtol=0, atol=1e-6)
+    cache = FeatureCache(tmp_path / "cache")
+    for split in ("train", "val", "test"):
+        ds = single.dataset(split)
+        d = cache.entry_dir({**single.encoder.cache_identity(), "dataset": ds.fingerprint(), "split": split})
+        assert entry_files(d) == [".lock", "features.npy", "meta.json"]  # shards merged and removed
+
+
+def _fork_ranks(target, out: Path, world: int = 2, timeout: float = 90) -> list[int]:
+    """Run ``target(rank, world, out, port)`` in ``world`` forked processes; fail if they hang."""
+    ctx, port = mp.get_context("fork"), _free_port()
+    procs = [ctx.Process(target=target, args=(r, world, str(out), port)) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, f"the ranks did not finish within {timeout} s (a collective waits for a rank that never comes)"
+    return [p.exitcode for p in procs]
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _ddp_cache_worker import run_failing
+
+    assert _fork_ranks(run_failing, tmp_path) == [0, 0]
+    assert (tmp_path / "error1.txt").read_text() == "ValueError: rank 1 cannot read its images"
+    assert "rank(s) [1] failed" in (tmp_path / "error0.txt").read_text()
+    d = FeatureCache(tmp_path / "cache").entry_dir({"what": "failing"})
+    assert entry_files(d) == [".lock"]  # no entry, and rank 0's shard removed before the lock was released
+
+
+def test_distributed_helpers_in_one_and_in_two_processes(tmp_path: Path) -> None:
+    import sys
+
+    from bottlenecks import distributed
+
+    t = torch.arange(6.0).reshape(3, 2)
+    assert not distributed.is_distributed() and distributed.rank() == 0 and distributed.world_size() == 1
+    assert distributed.all_gather_cat(t) is t and distributed.broadcast_(t) is t and distributed.all_reduce_sum_(t) is t
+    distributed.barrier()
+    assert torch.equal(t, torch.arange(6.0).reshape(3, 2))
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _ddp_cache_worker import run_collectives
+
+    assert _fork_ranks(run_collectives, tmp_path) == [0, 0]
+    for r in range(2):
+        got = torch.load(tmp_path / f"coll{r}.pt", weights_only=True)
+        assert got["is"] and got["rank"] == r and got["world"] == 2
+        assert torch.equal(got["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+        assert got["summed"].item() == 3.0 and got["sent"].item() == 20.0
+
+
+def test_shard_bounds_cover_rows_in_order() -> None:
+    from bottlenecks.encoders.cache import shard_bounds
+
+    for rows in (0, 1, 5, 37):
+        for world in (1, 2, 3, 8):
+            bounds = [shard_bounds(rows, r, world) for r in range(world)]
+            assert [b[0] for b in bounds[1:]] == [b[1] for b in bounds[:-1]]
+            assert bounds[0][0] == 0 and bounds[-1][1] == rows
+            sizes = [b - a for a, b in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_parts_are_streamed_into_one_verified_entry(tmp_path: Path) -> None:
+    """The merge path of a cooperative write: parts in, one entry whose checksum verifies."""
+    cache = FeatureCache(tmp_path)
+    full = torch.randn(23, 5, generator=torch.Generator().manual_seed(4)).numpy()
+    d = cache.entry_dir(IDENT)
+    d.mkdir(parents=True)
+    from bottlenecks.encoders.cache import canonical_identity
+
+    cache._write(d, canonical_identity(IDENT), [full[:12], full[12:12], full[12:]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = FeatureCache(tmp_path, verify_checksum=True).get(IDENT, expected_rows=23)
+    assert back is not None and np.array_equal(back.numpy(), full)
+    with pytest.raises(ValueError, match="must agree beyond dim 0"):
+        cache._write(d, canonical_identity(IDENT), [full[:3], full[3:, :4]])

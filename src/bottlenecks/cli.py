@@ -448,7 +448,10 @@ def _differing_init_args(config_model: Any, hparams: Any, key: str) -> list[tupl
 
 def _claim_run_dir(trainer: L.Trainer) -> None:
     """Give the run its own version folder by creating it (``mkdir`` is atomic): two runs
-    started at once would otherwise both pick ``version_N`` and collide on its files."""
+    started at once would otherwise both pick ``version_N`` and collide on its files.
+    Only rank 0 claims one: the other processes of a multi-process run write no logs."""
+    if trainer.global_rank != 0:
+        return
     for logger in trainer.loggers:
         if getattr(logger, "_version", "fixed") is not None or not hasattr(logger, "_get_next_version"):
             continue

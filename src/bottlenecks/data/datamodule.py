@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bottlenecks.data.base import ConceptDataset, Task, check_concepts, check_labels
 from bottlenecks.data.validation import (
@@ -55,38 +55,77 @@ class FeatureBatches(Dataset):
         return batch
 
 
-class EpochBatches(Sampler[list[int]]):
+class EpochBatches(DistributedSampler):
     """Index batches over ``n`` rows; shuffled by a generator seeded with ``seed + epoch``.
 
     Lightning calls :meth:`set_epoch` before each epoch, so the order of epoch ``e`` is
     the same in a run resumed from a checkpoint as in one that never stopped.
+
+    Several processes (``world_size > 1``): every rank draws the same order and takes every
+    ``world_size``-th index of it (rank ``r``: positions ``r, r + W, ...``), so the shards are
+    disjoint and the batches of step ``s`` on all ranks together hold the rows of batch ``s``
+    of one process at ``batch_size * world_size``. ``pad=True`` (training) repeats the first
+    indices of the order until ``n`` divides by ``world_size``, as ``DistributedSampler``
+    does, so every rank takes the same number of steps; ``pad=False`` (evaluation) never
+    repeats a row, so metrics count each row exactly once (shards may then differ by a row).
+
+    It is a ``DistributedSampler`` only so that Lightning sees the loader is already sharded
+    and does not wrap it in a second, batch-level sampler (which would repeat whole batches).
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+        pad: bool = False,
+    ) -> None:
+        # (DistributedSampler.__init__ is not called: it would ask torch.distributed for the rank)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size={world_size}), got rank={rank}")
+        if world_size > 1 and n < world_size:
+            raise ValueError(
+                f"a split of {n} rows cannot give each of {world_size} processes a row; use fewer "
+                "processes (trainer.devices) or a larger split"
+            )
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.num_replicas, self.pad, self.drop_last = rank, world_size, pad, False
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _rows(self) -> int:
+        """Rows of this rank's shard."""
+        W = self.num_replicas
+        if self.pad:
+            return -(-self.n // W)
+        return len(range(self.rank, self.n, W))
+
     def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        return (self._rows() + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.n)
+        W = self.num_replicas
+        if W > 1:
+            if self.pad and self.n % W:
+                order = torch.cat([order, order[: W - self.n % W]])
+            order = order[self.rank :: W]
         for batch in order.split(self.batch_size):
             yield batch.tolist()
 
 
-def batch_loader(ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    """A DataLoader that yields whole batches from :class:`FeatureBatches`."""
+def batch_loader(
+    ds: FeatureBatches, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+    rank: int = 0, world_size: int = 1, pad: bool = False,
+) -> DataLoader:
+    """A DataLoader that yields whole batches from :class:`FeatureBatches` (this rank's shard
+    of them under several processes: see :class:`EpochBatches`)."""
     return DataLoader(
         ds,
         batch_size=None,
-        sampler=EpochBatches(len(ds), batch_size, shuffle, seed),
+        sampler=EpochBatches(len(ds), batch_size, shuffle, seed, rank=rank, world_size=world_size, pad=pad),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         # its own generator: creating an iterator draws a worker seed, which from the global
@@ -131,16 +170,23 @@ class FeatureDataModule(NamedConcepts, L.LightningDataModule):
         return self.split("train").x
 
     def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.split("train"), self.batch_size, shuffle=True, seed=self.seed)
+        return batch_loader(self.split("train"), self.batch_size, shuffle=True, seed=self.seed, **_shard(pad=True))
 
     def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.split("val"), self.eval_batch_size, shuffle=False, seed=self.seed)
+        return batch_loader(self.split("val"), self.eval_batch_size, shuffle=False, seed=self.seed, **_shard())
 
     def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.split("test"), self.eval_batch_size, shuffle=False, seed=self.seed)
+        return batch_loader(self.split("test"), self.eval_batch_size, shuffle=False, seed=self.seed, **_shard())
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def _shard(pad: bool = False) -> dict[str, Any]:
+    """This process's share of a split under ``torch.distributed`` (everything in one process)."""
+    from bottlenecks import distributed
+
+    return {"rank": distributed.rank(), "world_size": distributed.world_size(), "pad": pad}
 
 
 class BottleneckDataModule(FeatureDataModule):
@@ -162,7 +208,9 @@ class BottleneckDataModule(FeatureDataModule):
         cache_dir: folder of the feature cache.
         batch_size / eval_batch_size: training / evaluation batch sizes.
         encode_batch_size: images per encoder forward pass when filling the cache.
-        num_workers: worker processes that render/load images while encoding.
+        num_workers: worker processes that render/load (and, for a CPU encoder, normalise)
+            images while encoding; ``"auto"``: see :func:`bottlenecks.encoders.base.auto_workers`.
+            Under DDP each rank encodes its shard of each split (docs/performance.md).
         seed: seed of the shuffling order.
     """
 
@@ -174,7 +222,7 @@ class BottleneckDataModule(FeatureDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 1024,
         encode_batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
@@ -185,6 +233,7 @@ class BottleneckDataModule(FeatureDataModule):
         self.num_workers = num_workers
         self._datasets: dict[str, ConceptDataset] = {}
         self._encoder = None
+        self._on_demand = False
         probe = self.dataset("train")
         self.concept_names = probe.concept_names
         self.num_classes = probe.num_classes
@@ -224,15 +273,23 @@ class BottleneckDataModule(FeatureDataModule):
             return torch.stack([ds[i]["x"].float().reshape(-1) for i in range(len(ds))])
         from bottlenecks.encoders import FeatureCache
 
-        identity = {**self.encoder.cache_identity(), "dataset": ds.fingerprint(), "split": split}
-        cache = FeatureCache(Path(self.cache_dir))
-        return cache.get_or_compute(
-            identity,
-            lambda: self.encoder.encode_dataset(
-                ds, batch_size=self.encode_batch_size, num_workers=self.num_workers, desc=f"encoding {split}"
-            ),
-            expected_rows=len(ds),
+        # Under DDP, Lightning calls setup() on every rank: each encodes a shard of the split
+        # and all read one merged cache entry. A split loaded on demand (split(), perhaps on
+        # rank 0 only, e.g. by a report) must not wait for the other ranks.
+        return FeatureCache(Path(self.cache_dir)).encode(
+            self.encoder, ds, split, batch_size=self.encode_batch_size, num_workers=self.num_workers,
+            cooperative=not self._on_demand,
         )
+
+    def split(self, name: str) -> FeatureBatches:
+        """The feature tensors of one split, loaded now if ``setup`` has not (no collectives then)."""
+        if name in self._splits:
+            return self._splits[name]
+        self._on_demand = True
+        try:
+            return super().split(name)
+        finally:
+            self._on_demand = False
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

@@ -16,13 +16,22 @@ Guarantees:
 * **Verified reads.** On every read: meta present and parseable, identity equal to
   the requested one, array header matching meta's shape/dtype, file size equal to
   header + data, optional row count, and the sha256 of the array bytes (about 25 ms
-  for 10k x 1280 float32 on one core; see ``benchmarks/feature_cache.py``).
+  for 10k x 1280 float32 on one core; see ``benchmarks/bench_feature_cache.py``).
 * **No leftovers.** A writer killed mid-write leaves ``.features.npy.tmp-*`` behind; the next
   access to the entry removes such files once it holds the entry's lock (no live writer
   can own them then).
 * **Never trusted, never silently deleted.** A corrupt, truncated or stale entry
   raises a :class:`FeatureCacheWarning` naming the reason; its files are renamed
   ``*.corrupt-<timestamp>`` and the features are computed again.
+* **Several processes, one entry.** Under ``torch.distributed`` with several ranks (Lightning
+  DDP), :meth:`FeatureCache.encode` / :meth:`FeatureCache.get_or_compute_rows` are collectives:
+  rank 0 takes the entry's lock, every rank computes one contiguous shard of the rows and
+  writes it atomically as ``.shard-<rank>-of-<world>.npy`` in the entry's folder, rank 0
+  streams the shards into the normal entry (same atomic write and checksum; no concatenated
+  copy in memory), deletes them and releases the lock, and every rank then reads the merged
+  entry with the usual verification. An error on any rank is raised on every rank (no rank is
+  left waiting). Shards left by a killed job are stale files like the temporaries above. The
+  cache folder must be on a filesystem all ranks share (a clear error says so otherwise).
 * **Memory-mapped results.** The returned tensor shares memory with a copy-on-write
   mapping of the file (``np.load(mmap_mode="c")``): no copy is made, pages are read
   on demand, and in-place writes to the tensor stay private to the process.
@@ -49,6 +58,8 @@ from torch import Tensor
 FEATURES = "features.npy"
 META = "meta.json"
 LOCK = ".lock"
+#: file-name prefix of the per-rank partial arrays of a cooperative write (see get_or_compute_rows)
+SHARD_PREFIX = ".shard-"
 CACHE_FORMAT = 1
 
 
@@ -89,13 +100,20 @@ def identity_key(identity: Mapping[str, Any], n: int = 32) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
+def _stream_bytes(arr: np.ndarray, sinks: list[Callable[[memoryview], Any]]) -> None:
+    """Feed the C-order bytes of ``arr`` to each sink in 16 MiB slices (a memory map is read page by page)."""
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+    step = max(1, (1 << 24) // max(1, flat.itemsize))
+    for i in range(0, flat.size, step):
+        view = memoryview(flat[i : i + step]).cast("B")
+        for sink in sinks:
+            sink(view)
+
+
 def _array_sha256(arr: np.ndarray) -> str:
     """sha256 of the C-order bytes of an array (reads a memory map page by page, no copy)."""
     h = hashlib.sha256()
-    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
-    step = max(1, (1 << 24) // max(1, flat.itemsize))  # 16 MiB slices
-    for i in range(0, flat.size, step):
-        h.update(memoryview(flat[i : i + step]).cast("B"))
+    _stream_bytes(arr, [h.update])
     return h.hexdigest()
 
 
@@ -134,34 +152,54 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _stale_files(d: Path) -> list[Path]:
+    """Temporaries and shards of writers that are not running now (call with the entry's lock held)."""
+    return (
+        list(d.glob(f".{FEATURES}.tmp-*")) + list(d.glob(f".{META}.tmp-*")) + list(d.glob(f"{SHARD_PREFIX}*"))
+    )
+
+
+def _delete(paths: list[Path]) -> int:
+    removed = 0
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed += 1
+    return removed
+
+
 def _remove_stale_temporaries(d: Path, blocking: bool) -> int:
-    """Delete the temporary files of writers that died mid-write (``.features.npy.tmp-*``).
+    """Delete the temporary files of writers that died mid-write (``.features.npy.tmp-*``, shards).
 
     Temporaries exist only while a writer holds the entry's lock, so with the lock held every
     one left is stale. ``blocking=False``: skip when another process holds the lock now.
     Returns the number of files removed.
     """
-    stale = list(d.glob(f".{FEATURES}.tmp-*")) + list(d.glob(f".{META}.tmp-*"))
-    if not stale:
+    if not _stale_files(d):
         return 0
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock to prove the writer is gone
         return 0
-    removed = 0
     with open(d / LOCK, "a+b") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             return 0
         try:
-            for p in stale:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-                    removed += 1
+            return _delete(_stale_files(d))
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    return removed
+
+
+def shard_bounds(rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of rank ``rank`` when ``rows`` rows are split into ``world_size`` contiguous shards.
+
+    Shard sizes differ by at most one row; concatenating the shards in rank order gives rows ``0..rows-1``.
+    """
+    base, extra = divmod(rows, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
 
 
 def _to_numpy(features: Any) -> np.ndarray:
@@ -170,6 +208,35 @@ def _to_numpy(features: Any) -> np.ndarray:
     if isinstance(features, np.ndarray):
         return np.ascontiguousarray(features)
     raise TypeError(f"compute() must return a torch.Tensor or numpy array, got {type(features).__name__}")
+
+
+def _all_ranks(flag: bool) -> bool:
+    """True when ``flag`` is True on every rank (a collective)."""
+    from bottlenecks import distributed
+
+    t = torch.tensor([0 if flag else 1], dtype=torch.long)
+    return int(distributed.all_reduce_sum_(t)) == 0
+
+
+def _from_rank0(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (a collective)."""
+    from bottlenecks import distributed
+
+    return bool(distributed.broadcast_(torch.tensor([int(flag)], dtype=torch.long), src=0))
+
+
+def _raise_if_failed(err: BaseException | None, what: str) -> None:
+    """A collective: every rank raises when any rank failed (its own error, or one naming the failed ranks)."""
+    from bottlenecks import distributed
+
+    flags = torch.zeros(distributed.world_size(), dtype=torch.long)
+    flags[distributed.rank()] = int(err is not None)
+    distributed.all_reduce_sum_(flags)
+    if err is not None:
+        raise err
+    failed = [k for k, f in enumerate(flags.tolist()) if f]
+    if failed:
+        raise RuntimeError(f"feature cache: rank(s) {failed} failed while {what}; see their error above")
 
 
 class FeatureCache:
@@ -299,6 +366,38 @@ class FeatureCache:
             self._write(d, ident, arr)
             return self._read(d, ident, None, verify_checksum=False)
 
+    def get_or_compute_rows(
+        self,
+        identity: Mapping[str, Any],
+        compute_rows: Callable[[int, int], Tensor | np.ndarray],
+        rows: int,
+        *,
+        cooperative: bool = True,
+    ) -> Tensor:
+        """Like :meth:`get_or_compute` for an array of ``rows`` rows that can be computed in row ranges.
+
+        ``compute_rows(start, stop)`` returns rows ``start..stop-1``.
+
+        In one process this is ``get_or_compute(identity, lambda: compute_rows(0, rows),
+        expected_rows=rows)``. When ``torch.distributed`` runs several ranks (Lightning DDP,
+        torchrun) and ``cooperative`` is True, it is a collective that **every rank must
+        call**: each rank computes one contiguous shard (:func:`shard_bounds`) and writes it
+        next to the entry; rank 0, which holds the entry's lock from before the shards are
+        written until the entry is complete, streams them into the one normal entry (atomic
+        write, checksum); then every rank reads that entry (verified, memory-mapped). A
+        complete entry is read without computing anything. The cache folder must be on a
+        filesystem all ranks share. ``cooperative=False`` is the one-process behaviour on
+        every rank (one computes under the lock, the others wait and read its entry): use it
+        when not every rank makes the call.
+        """
+        from bottlenecks import distributed
+
+        if rows < 0:
+            raise ValueError(f"rows must be a non-negative number, got {rows}")
+        if not (cooperative and distributed.is_distributed()):
+            return self.get_or_compute(identity, lambda: compute_rows(0, rows), expected_rows=rows)
+        return self._cooperative(identity, compute_rows, rows)
+
     def encode(
         self,
         encoder: Any,
@@ -306,24 +405,115 @@ class FeatureCache:
         split: str,
         *,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         progress: bool = True,
+        cooperative: bool = True,
     ) -> Tensor:
         """Features of a whole dataset split through ``encoder``, computed once and cached.
 
         The key is ``{**encoder.cache_identity(), "dataset": dataset.fingerprint(), "split": split}``.
+        Under several ``torch.distributed`` ranks each rank encodes a shard of the split and
+        all read one merged entry (see :meth:`get_or_compute_rows`; ``cooperative=False``
+        turns that off).
 
         Returns:
             ``(len(dataset), encoder.feature_dim)`` float32, memory-mapped.
         """
         identity = {**encoder.cache_identity(), "dataset": str(dataset.fingerprint()), "split": split}
-        return self.get_or_compute(
-            identity,
-            lambda: encoder.encode_dataset(
-                dataset, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=f"encoding {split}"
-            ),
-            expected_rows=len(dataset),
-        )
+        n = len(dataset)
+
+        def compute_rows(start: int, stop: int) -> Tensor:
+            return encoder.encode_dataset(
+                dataset,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                desc=f"encoding {split}" if (start, stop) == (0, n) else f"encoding {split}[{start}:{stop}]",
+                indices=None if (start, stop) == (0, n) else range(start, stop),
+            )
+
+        return self.get_or_compute_rows(identity, compute_rows, n, cooperative=cooperative)
+
+    def _cooperative(
+        self, identity: Mapping[str, Any], compute_rows: Callable[[int, int], Tensor | np.ndarray], rows: int
+    ) -> Tensor:
+        """The several-ranks branch of :meth:`get_or_compute_rows` (every rank calls it)."""
+        from bottlenecks import distributed
+
+        ident = canonical_identity(identity)
+        d = self.root / identity_key(ident)
+        r, w = distributed.rank(), distributed.world_size()
+        try:
+            out: Tensor | None = self._read(d, ident, rows)
+        except (_Broken, FileNotFoundError):
+            out = None
+        if _all_ranks(out is not None):
+            return out  # type: ignore[return-value]
+        with contextlib.ExitStack() as held:
+            present, err = False, None
+            if r == 0:  # rank 0 holds the entry's lock until the merged entry is in place
+                try:
+                    d.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(_exclusive_lock(d / LOCK))
+                    _delete(_stale_files(d))
+                    # whatever happens, no shard outlives the lock (runs before it is released)
+                    held.callback(lambda: _delete(list(d.glob(f"{SHARD_PREFIX}*"))))
+                    present = self._read_or_move_aside(d, ident, rows)
+                except Exception as e:  # noqa: BLE001 - re-raised below on this rank, reported on the others
+                    err = e
+            _raise_if_failed(err, "preparing the entry")
+            if _from_rank0(present):  # another job wrote it while rank 0 waited for the lock
+                held.close()
+                return self._read(d, ident, rows)
+            start, stop = shard_bounds(rows, r, w)
+            shard = d / f"{SHARD_PREFIX}{r:05d}-of-{w:05d}.npy"
+            try:
+                arr = _to_numpy(compute_rows(start, stop))
+                if arr.ndim == 0 or arr.shape[0] != stop - start:
+                    got = "a scalar" if arr.ndim == 0 else f"{arr.shape[0]} rows"
+                    raise ValueError(f"compute_rows({start}, {stop}) returned {got} but {stop - start} rows were asked")
+                tmp = d / f"{shard.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as f:
+                    np.lib.format.write_array(f, arr, allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, shard)
+                del arr
+            except Exception as e:  # noqa: BLE001
+                err = e
+            _raise_if_failed(err, f"computing its shard of {d}")
+            if r == 0:
+                try:
+                    paths = [d / f"{SHARD_PREFIX}{k:05d}-of-{w:05d}.npy" for k in range(w)]
+                    missing = [str(p) for p in paths if not p.is_file()]
+                    if missing:
+                        raise FileNotFoundError(
+                            f"rank 0 cannot see the shards {missing} that the other ranks wrote; the feature "
+                            f"cache folder {self.root} must be on a filesystem every rank shares"
+                        )
+                    self._write(d, ident, [np.load(p, mmap_mode="r") for p in paths])
+                    _delete(paths)
+                except Exception as e:  # noqa: BLE001
+                    err = e
+            _raise_if_failed(err, f"merging the shards of {d}")
+        return self._read(d, ident, rows)
+
+    def _read_or_move_aside(self, d: Path, ident: dict[str, Any], rows: int | None) -> bool:
+        """With the lock held: True if the entry is complete; a broken one is moved aside with a warning."""
+        try:
+            self._read(d, ident, rows)
+            return True
+        except FileNotFoundError:
+            return False
+        except _Broken as e:
+            stamp = self._move_aside(d)
+            warnings.warn(
+                f"feature cache entry {d} is {e}; moved its files aside to *.corrupt-{stamp} "
+                "and computing the features again",
+                FeatureCacheWarning,
+                stacklevel=3,
+            )
+            return False
 
     # ---------------------------------------------------------------- internals
     def _read(
@@ -392,24 +582,45 @@ class FeatureCache:
                 )
         return torch.from_numpy(arr)
 
-    def _write(self, d: Path, ident: dict[str, Any], arr: np.ndarray) -> None:
-        """Write ``features.npy`` then ``meta.json``, each via temp file + fsync + os.replace."""
+    def _write(self, d: Path, ident: dict[str, Any], arr: np.ndarray | list[np.ndarray]) -> None:
+        """Write ``features.npy`` then ``meta.json``, each via temp file + fsync + os.replace.
+
+        ``arr`` may be a list of parts that agree beyond dim 0 (the shards of a cooperative
+        write): they are streamed into one file, in order, without concatenating them in memory.
+        """
+        parts = arr if isinstance(arr, list) else [arr]
+        first = parts[0]
+        for i, part in enumerate(parts):
+            if part.shape[1:] != first.shape[1:] or part.dtype != first.dtype:
+                raise ValueError(
+                    f"feature-cache part {i} holds {part.shape} {part.dtype} but part 0 holds "
+                    f"{first.shape} {first.dtype}; the parts of one entry must agree beyond dim 0"
+                )
+        shape = (sum(int(part.shape[0]) for part in parts), *first.shape[1:])
         token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp_f = d / f".{FEATURES}.tmp-{token}"
         tmp_m = d / f".{META}.tmp-{token}"
         try:
+            digest = hashlib.sha256()
             with open(tmp_f, "wb") as f:
-                np.lib.format.write_array(f, arr, allow_pickle=False)
+                if len(parts) == 1:
+                    np.lib.format.write_array(f, first, allow_pickle=False)
+                else:
+                    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
+                              "shape": shape}
+                    np.lib.format.write_array_header_1_0(f, header)
+                    for part in parts:
+                        _stream_bytes(part, [f.write, digest.update])
                 f.flush()
                 os.fsync(f.fileno())
             meta = {
                 "format": CACHE_FORMAT,
                 "key": d.name,
                 "identity": ident,
-                "shape": list(arr.shape),
-                "dtype": arr.dtype.str,
-                "sha256": _array_sha256(arr),
-                "nbytes": int(arr.nbytes),
+                "shape": list(shape),
+                "dtype": first.dtype.str,
+                "sha256": _array_sha256(first) if len(parts) == 1 else digest.hexdigest(),
+                "nbytes": int(math.prod(shape) * first.dtype.itemsize),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "library_version": _library_version(),
             }

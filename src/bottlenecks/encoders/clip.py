@@ -131,7 +131,9 @@ class OpenCLIPEncoder(FrozenEncoder):
             ViT's position embeddings.
         normalize: return unit-norm image embeddings (as CLIP's similarity uses).
         cache_dir: where open_clip keeps downloaded weights.
-        num_threads: CPU threads while encoding.
+        num_threads: CPU threads while encoding: a number, ``"auto"`` (measured, see
+            :class:`~bottlenecks.encoders.base.ThreadTuner`) or ``None`` (torch's setting).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see :class:`FrozenEncoder`).
 
     The transform resizes the whole image (no centre crop) and normalises with the
     model's mean/std.
@@ -145,7 +147,8 @@ class OpenCLIPEncoder(FrozenEncoder):
         image_size: int | None = None,
         normalize: bool = False,
         cache_dir: str | None = None,
-        num_threads: int | None = None,
+        num_threads: int | str | None = None,
+        precision: str = "fp32",
     ) -> None:
         import open_clip
 
@@ -165,6 +168,7 @@ class OpenCLIPEncoder(FrozenEncoder):
             architecture=_architecture(model_name),
             weights=weights,
             num_threads=num_threads,
+            precision=precision,
             extra_identity={"normalize": str(bool(normalize))},
         )
         self.model_name = model_name

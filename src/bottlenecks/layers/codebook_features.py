@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottlenecks import distributed
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
 from bottlenecks.layers.codes import Distance, code_similarity, kmeans, nearest_codes, perplexity, reseed_codes
 from bottlenecks.naming import accepts_renamed
@@ -165,7 +166,12 @@ class CodebookFeatures(Bottleneck):
 
     @torch.no_grad()
     def _track_usage(self, h: Tensor, counts: Tensor) -> None:
-        """Running usage and dead-code replacement (training only)."""
+        """Running usage and dead-code replacement (training only).
+
+        Under several processes the counts are summed over ranks first (in place), so the
+        usage and the dead codes are the same on every rank and the re-seeded codes are rank 0's.
+        """
+        distributed.all_reduce_sum_(counts)
         expected = counts.sum() / self.codebook_size
         if not bool(self.usage.any()):  # first training batch: start at the uniform usage
             self.usage.fill_(float(expected))

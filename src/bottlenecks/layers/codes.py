@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bottlenecks import distributed
+
 Distance = Literal["euclidean", "cosine"]
 DISTANCES = ("euclidean", "cosine")
 
@@ -143,6 +145,9 @@ def kmeans(
 def reseed_codes(codebook: Tensor, dead: Tensor, x: Tensor) -> Tensor:
     """Overwrite dead codes in place with random input vectors (dead-code replacement).
 
+    Under several processes every rank must call this with the same ``dead`` (a collective):
+    rank 0's random inputs are broadcast, so every rank writes the same codes.
+
     Args:
         codebook: ``(groups, K, d)`` codes, modified in place where ``dead``.
         dead: ``(groups, K)`` bool.
@@ -153,7 +158,8 @@ def reseed_codes(codebook: Tensor, dead: Tensor, x: Tensor) -> Tensor:
     """
     G, K, d = codebook.shape
     pick = torch.randint(x.shape[1], (G, K), device=x.device)
-    fresh = x.gather(1, pick.unsqueeze(-1).expand(G, K, d)).to(codebook.dtype)
+    fresh = x.gather(1, pick.unsqueeze(-1).expand(G, K, d)).to(codebook.dtype).contiguous()
+    distributed.broadcast_(fresh)
     codebook.copy_(torch.where(dead.unsqueeze(-1), fresh, codebook))
     return fresh
 

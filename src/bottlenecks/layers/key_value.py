@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottlenecks import distributed
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
 from bottlenecks.layers.codes import Distance, kmeans, nearest_codes
 from bottlenecks.naming import accepts_renamed
@@ -264,7 +265,7 @@ class DiscreteKeyValueBottleneck(Bottleneck):
             z = z.view(n, C * self.value_dim)
         counts = torch.bincount(flat.reshape(-1), minlength=C * J).view(C, J).to(h.dtype)
         if self.training:
-            self.usage += counts
+            self.usage += distributed.all_reduce_sum_(counts)  # the global batch's usage on every rank
         return BottleneckOutput(
             z=z,
             codes=idx.permute(1, 0, 2),

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottlenecks import distributed
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
 from bottlenecks.layers.codes import DISTANCES as _DISTANCES
 from bottlenecks.layers.codes import Distance, kmeans, nearest_codes, perplexity, reseed_codes
@@ -145,6 +146,7 @@ class VectorQuantizer(Bottleneck):
         self.dead_code_threshold = dead_code_threshold
         self.usage_decay = usage_decay
         self.dead_window = dead_window
+        self.batch_scale = 1.0  # set_batch_scale: training batch / the batch the decays were chosen for
 
         G, K, d = self.groups, codebook_size, self.code_dim
         start = torch.randn(G, K, d)
@@ -239,6 +241,8 @@ class VectorQuantizer(Bottleneck):
         if not bool(self.initialised):
             if self.training:
                 self.init_from_data(h.detach())
+                for t in (self.codebook.data, *((self.ema_sum, self.ema_count) if self.ema else ())):
+                    distributed.broadcast_(t)  # every rank keeps rank 0's k-means codes
             else:
                 raise RuntimeError(
                     "VectorQuantizer has init='kmeans' but was never initialised: call "
@@ -301,9 +305,30 @@ class VectorQuantizer(Bottleneck):
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
     def _update(self, x: Tensor, flat: Tensor, counts: Tensor) -> None:
-        """EMA codebook update, usage bookkeeping and dead-code replacement (training only)."""
+        """EMA codebook update, usage bookkeeping and dead-code replacement (training only).
+
+        Under several processes (``torch.distributed``) every rank calls this in every training
+        step: the batch's code counts and EMA sums are summed over ranks first (one
+        all-reduce; ``counts`` becomes the global batch's, in place), so the codebook, its EMA
+        statistics and the usage — hence which codes are dead — are the same on every rank, and
+        the codes re-seeded are rank 0's picks (:func:`~bottlenecks.layers.codes.reseed_codes`).
+        Decays and the dead-code threshold are per batch; :meth:`set_batch_scale` rescales them.
+        """
         G, K, d = self.groups, self.codebook_size, self.code_dim
         m = x.shape[1]
+        sums = None
+        if self.ema:
+            sums = torch.zeros(G * K, d, device=x.device, dtype=x.dtype)
+            sums.index_add_(0, flat.reshape(-1), x.reshape(G * m, d))
+        if distributed.is_distributed():
+            packed = counts.reshape(-1) if sums is None else torch.cat([counts.reshape(-1), sums.reshape(-1)])
+            distributed.all_reduce_sum_(packed)
+            counts.copy_(packed[: G * K].view(G, K))
+            if sums is not None:
+                sums = packed[G * K :].view(G * K, d)
+            m = int(round(float(counts[0].sum())))  # rows of the global batch
+        scale = self.batch_scale
+        usage_decay = self.usage_decay**scale
         self.steps += 1
         if int(self.steps) == 1 and not bool(self.usage.any()):
             # k-means codes start at the uniform usage; random codes at what they won in
@@ -313,14 +338,13 @@ class VectorQuantizer(Bottleneck):
             else:
                 self.usage.copy_(counts)
         else:
-            self.usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
+            self.usage.mul_(usage_decay).add_(counts, alpha=1.0 - usage_decay)
         self.last_used.masked_fill_(counts > 0, int(self.steps))
 
-        if self.ema:
-            sums = torch.zeros(G * K, d, device=x.device, dtype=x.dtype)
-            sums.index_add_(0, flat.reshape(-1), x.reshape(G * m, d))
-            ema_count = self.ema_count.lerp(counts, 1.0 - self.ema_decay)
-            ema_sum = self.ema_sum.lerp(sums.view(G, K, d), 1.0 - self.ema_decay)
+        if sums is not None:
+            ema_decay = self.ema_decay**scale
+            ema_count = self.ema_count.lerp(counts, 1.0 - ema_decay)
+            ema_sum = self.ema_sum.lerp(sums.view(G, K, d), 1.0 - ema_decay)
             total = ema_count.sum(-1, keepdim=True)
             smoothed = (ema_count + self.eps) / (total + K * self.eps) * total
             codes = ema_sum / smoothed.unsqueeze(-1)
@@ -336,14 +360,25 @@ class VectorQuantizer(Bottleneck):
             self.codebook.copy_(codes)
 
         if self.dead_code_threshold > 0:
-            dead = self.usage < self.dead_code_threshold
-            if bool(dead.any()):
+            dead = self.usage < self.dead_code_threshold * scale
+            if bool(dead.any()):  # the same on every rank: the usage comes from the global counts
                 fresh = reseed_codes(self.codebook.data, dead, x)
                 if self.ema:
                     self.ema_sum.copy_(torch.where(dead.unsqueeze(-1), fresh, self.ema_sum))
                     self.ema_count.masked_fill_(dead, 1.0)
                 self.usage.masked_fill_(dead, m / K)
                 self.last_used.masked_fill_(dead, int(self.steps))
+
+    def set_batch_scale(self, scale: float) -> None:
+        """Train at ``scale`` times the batch the per-batch settings were chosen for.
+
+        The EMA decays become ``ema_decay ** scale`` and ``usage_decay ** scale`` (the same
+        memory counted in samples) and the dead-code threshold, in expected hits per batch,
+        ``dead_code_threshold * scale``. The configured values stay as given; 1 undoes it.
+        """
+        if not scale > 0:
+            raise ValueError(f"batch scale must be positive, got {scale}")
+        self.batch_scale = float(scale)
 
     # --------------------------------------------------------------------- stats
     def dead_fraction(self) -> Tensor:

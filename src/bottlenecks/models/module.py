@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
+from bottlenecks import distributed
 from bottlenecks.layers.base import CONCEPT_LOSS, Bottleneck, BottleneckOutput, masked_concept_bce
 from bottlenecks.layers.blocks import mlp
 
@@ -87,6 +88,14 @@ class BottleneckModel(L.LightningModule):
             take the bottleneck's measured :meth:`~bottlenecks.layers.base.Bottleneck.training_defaults`
             (the gradient-trained concept bottlenecks: docs/defaults.md), else
             :data:`OPTIMIZER_DEFAULTS`; the resolved values are the model's hyperparameters.
+        reference_batch_size: the global batch ``lr`` and the EMA decays were chosen for. When
+            set, training at another effective batch (batch size × processes × gradient
+            accumulation) scales ``lr`` by ``lr_scaling`` and the EMA codebooks' decays to the
+            batch each update sees (``ema_scaling``); logged once at fit start. None: nothing is scaled.
+        lr_scaling: ``"linear"`` (lr × B / B_ref), ``"sqrt"`` (lr × sqrt(B / B_ref)), ``"none"``, or
+            ``"auto"``: linear for SGD, square root for Adam and AdamW.
+        ema_scaling: with ``reference_batch_size``, EMA codebooks (:class:`~bottlenecks.layers.quantize.VectorQuantizer`
+            with ``ema``, residual VQ stages) use ``ema_decay ** (B / B_ref)`` (the same memory in samples).
         data_init_samples: how many training features ``bottleneck.init_from_data`` sees.
         encoder: the frozen encoder spec (linked from the data) used when the model is
             given raw images rather than features.
@@ -111,6 +120,9 @@ class BottleneckModel(L.LightningModule):
         momentum: float = 0.9,
         lr_schedule: Literal["cosine", "constant", "cooldown"] | None = None,
         warmup_fraction: float | None = None,
+        reference_batch_size: int | None = None,
+        lr_scaling: Literal["none", "linear", "sqrt", "auto"] = "auto",
+        ema_scaling: bool = True,
         data_init_samples: int = 20000,
         encoder: str | dict[str, Any] | None = None,
         text_encoder: str | dict[str, Any] | None = None,
@@ -127,6 +139,10 @@ class BottleneckModel(L.LightningModule):
                 del self.hparams[key]
         if not isinstance(bottleneck, Bottleneck):
             raise TypeError(f"bottleneck must be a bottlenecks Bottleneck, got {type(bottleneck).__name__}")
+        if reference_batch_size is not None and reference_batch_size < 1:
+            raise ValueError(f"reference_batch_size must be a positive batch size, got {reference_batch_size}")
+        if lr_scaling not in ("none", "linear", "sqrt", "auto"):
+            raise ValueError(f"lr_scaling must be 'none', 'linear', 'sqrt' or 'auto', got {lr_scaling!r}")
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         if task == "classification" and (num_classes is None or num_classes < 2):
@@ -331,11 +347,15 @@ class BottleneckModel(L.LightningModule):
     def _epoch_end(self, stage: str) -> None:
         key = f"{stage}_"
         count = self._loss_counts.pop(stage, 0)
-        for name, total in self._loss_sums.pop(stage, {}).items():
+        sums = self._loss_sums.pop(stage, {})
+        if distributed.is_distributed():
+            sums, count = self._reduce_sums(stage, sums, count)
+        # (values already global: sync_dist only tells Lightning so; the mean of equal values)
+        for name, total in sums.items():
             self.log(f"{stage}/{name}", total / max(count, 1), sync_dist=True,
                      prog_bar=stage == "train" and name == "loss")
-        for name, value in self.task_metrics[key].compute().items():
-            self.log(f"{stage}/{name}", value)
+        for name, value in self.task_metrics[key].compute().items():  # torchmetrics syncs its states
+            self.log(f"{stage}/{name}", value, sync_dist=True)
         self.task_metrics[key].reset()
         concept_metrics = self.concept_metrics[key] if key in self.concept_metrics else None
         # (no update: the data of this stage has no concept labels)
@@ -344,10 +364,31 @@ class BottleneckModel(L.LightningModule):
             for name, value in per_concept.items():
                 # NaN: a concept without labels (or, for AUROC, with one class) in this split
                 if not torch.isnan(value).all():
-                    self.log(f"{stage}/{name}", value.nanmean())
+                    self.log(f"{stage}/{name}", value.nanmean(), sync_dist=True)
             if stage == "test":
                 self.test_concept_metrics = {k: v.detach().cpu() for k, v in per_concept.items()}
             self.concept_metrics[key].reset()
+
+    def _reduce_sums(self, stage: str, sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], float]:
+        """Sums and row count over every process (exact epoch means; several processes only)."""
+        import zlib
+
+        names = sorted(sums)
+        # every rank must reduce the same names (a mismatch would hang or mix up the sums): the
+        # sums of h and h² over ranks equal W·h and W·h² on every rank only when all h are equal
+        h = zlib.crc32("\0".join(names).encode()) & 0xFFFFF
+        own = torch.tensor([len(names), h, h * h])
+        check = distributed.all_reduce_sum_(own.clone().to(self.device))
+        if not torch.equal(check.cpu(), distributed.world_size() * own):
+            raise RuntimeError(
+                f"the processes logged different {stage} loss/metric names this epoch (this rank: {names}); "
+                "every rank must return the same loss terms and metrics"
+            )
+        if not names:
+            return {}, float(count)
+        packed = torch.stack([*(sums[n] for n in names), torch.tensor(float(count), device=self.device)])
+        distributed.all_reduce_sum_(packed)
+        return dict(zip(names, packed[:-1])), float(packed[-1])
 
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
@@ -422,6 +463,11 @@ class BottleneckModel(L.LightningModule):
                 y=None if y is None else y.to(self.device),
                 text=text,
             )
+        if distributed.is_distributed():
+            # every rank saw the same sample, but k-means, SAE warm starts, ... draw random
+            # numbers: keep rank 0's initialisation everywhere (after DDP's own broadcast)
+            for t in (*self.parameters(), *self.buffers()):
+                distributed.broadcast_(t.data)
 
     def _sample_train_data(self, n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Up to ``n`` training rows: features ``(n, in_features)``, concepts, targets."""
@@ -500,8 +546,49 @@ class BottleneckModel(L.LightningModule):
         return result
 
     # -------------------------------------------------------------- optimisers
+    def batch_scaling(self) -> float:
+        """The lr factor for this run's effective batch (1 without ``reference_batch_size``).
+
+        Also sets the EMA codebooks' batch scale (``ema_scaling``) to the batch one update sees,
+        batch size × processes (gradient accumulation does not change it), and logs both once.
+        """
+        hp = self.hparams
+        ref = hp.get("reference_batch_size")
+        if ref is None:
+            return 1.0
+        local = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        if not isinstance(local, int):
+            raise ValueError(
+                f"reference_batch_size={ref} is set but the training batch size is unknown: scaling needs a "
+                "datamodule with a `batch_size` (pass datamodule= to fit)"
+            )
+        world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        effective = local * world * accumulate
+        rule = hp.get("lr_scaling", "auto")
+        if rule == "auto":
+            rule = "linear" if hp.optimizer == "sgd" else "sqrt"
+        ratio = effective / ref
+        factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+        note = ""
+        if hp.get("ema_scaling", True):
+            from bottlenecks.layers.quantize import VectorQuantizer
+
+            ema = [m for m in self.bottleneck.modules() if isinstance(m, VectorQuantizer) and m.ema]
+            for m in ema:
+                m.set_batch_scale(local * world / ref)
+            if ema:
+                note = f"; EMA decays ** {local * world / ref:g} (batch per update {local * world})"
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(
+            f"effective batch {effective} = {local} x {world} processes x {accumulate} accumulated, reference "
+            f"{ref}: lr {hp.lr:g} -> {hp.lr * factor:g} ({rule}){note}"
+        )
+        return factor
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
+        lr = hp.lr * self.batch_scaling()
         params: list = [p for p in self.parameters() if p.requires_grad]
         # A bottleneck may ask for its own optimiser settings on some parameters (DKVB's
         # values: no momentum, no weight decay, so values that were not fetched stay put).
@@ -510,11 +597,11 @@ class BottleneckModel(L.LightningModule):
             taken = {id(p) for g in special for p in g["params"]}
             params = [{"params": [p for p in params if id(p) not in taken]}, *special]
         if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+            opt = torch.optim.SGD(params, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
         else:
             raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {hp.optimizer!r}")
         warmup = float(hp.get("warmup_fraction") or 0.0)
