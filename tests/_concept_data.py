@@ -56,3 +56,25 @@ def trainer(**kw):
     kw.setdefault("max_epochs", 10)
     return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, deterministic=True, **kw)
+
+
+def sign_toy(n: tuple[int, int, int] = (2000, 500, 500), dim: int = 16, n_concepts: int = 4, label_bits: int = 2,
+             noise: float = 0.05, seed: int = 0) -> dict:
+    """The toy of issue 14 (defaults chosen by measurement): Gaussian features ``(rows, dim)``;
+    concept ``j`` = ``[x_j > 0]``, the features then perturbed by ``noise``; label
+    ``sum_k 2^k c_k`` over the first ``label_bits`` concepts (the others are unrelated to it).
+
+    Returns ``{"arrays": {x_/y_/concepts_ train/val/test}, "concept_names", "num_classes"}``
+    (``arrays`` fits :meth:`~bottlenecks.data.datamodule.ArrayDataModule.from_arrays`).
+    """
+    import numpy as np
+
+    g = np.random.default_rng(seed)
+    out = {}
+    for split, rows in zip(("train", "val", "test"), n):
+        x = g.normal(size=(rows, dim)).astype(np.float32)
+        c = (x[:, :n_concepts] > 0).astype(np.float32)
+        x = x + noise * g.normal(size=x.shape).astype(np.float32)
+        y = sum((2**k) * c[:, k] for k in range(label_bits)).astype(np.int64)
+        out.update({f"x_{split}": x, f"y_{split}": y, f"concepts_{split}": c})
+    return {"arrays": out, "concept_names": [f"c{j}" for j in range(n_concepts)], "num_classes": 2**label_bits}

@@ -237,6 +237,12 @@ class Bottleneck(NamedConcepts, nn.Module):
         knows); every parameter not listed joins the model's default group. Default: none."""
         return []
 
+    def training_defaults(self) -> dict[str, Any]:
+        """Optimiser settings measured for this method (``lr``, ``weight_decay``,
+        ``lr_schedule``, ``warmup_fraction``); the model uses them where its own option is
+        left unset (None). Default: none (the model's lr 1e-3, no weight decay, cosine)."""
+        return {}
+
     # ------------------------------------------------------------------ stages
     def needs_data_init(self) -> bool:
         """True when :meth:`init_from_data` must run before training (k-means keys, ...)."""

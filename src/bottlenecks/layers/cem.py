@@ -97,6 +97,10 @@ class ConceptEmbeddingBottleneck(ConceptLayer):
         logits = (both * self.score_weight).sum(-1) + self.score_bias
         return pos, neg, logits
 
+    def training_defaults(self) -> dict[str, object]:
+        # Measured by benchmarks/sweep_defaults.py (docs/defaults.md).
+        return {"lr": 0.01, "weight_decay": 1e-4}
+
     def forward(
         self,
         h: Tensor,

@@ -91,6 +91,11 @@ class ConceptBottleneck(ConceptLayer):
             z = torch.cat([z, self.residual(h)], dim=-1)
         return BottleneckOutput(z=z, concepts=logits, probs=probs)
 
+    def training_defaults(self) -> dict[str, object]:
+        # Measured by benchmarks/sweep_defaults.py (docs/defaults.md): the joint CBM's linear
+        # predictor and the head on probabilities need a large step to converge in few epochs.
+        return {"lr": 0.1, "weight_decay": 1e-4}
+
     def side_channel(self) -> slice | None:
         return slice(self.num_concepts, self.out_features) if self.residual is not None else None
 

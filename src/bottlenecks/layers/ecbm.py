@@ -270,6 +270,10 @@ class EnergyConceptBottleneck(ConceptLayer):
         return (c.round().long() * weights).sum(-1)
 
     # --------------------------------------------------------------- forward
+    def training_defaults(self) -> dict[str, object]:
+        # Measured by benchmarks/sweep_defaults.py (docs/defaults.md).
+        return {"lr": 0.01, "weight_decay": 1e-4}
+
     def forward(
         self,
         h: Tensor,

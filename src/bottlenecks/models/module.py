@@ -28,7 +28,11 @@ Task = Literal["classification", "regression"]
 #: names before the unified vocabulary); 2: bottlenecks 0.2 (edit log, unified names).
 CHECKPOINT_FORMAT = 2
 
-__all__ = ["BottleneckModel", "FeatureNorm", "masked_concept_bce"]
+__all__ = ["BottleneckModel", "FeatureNorm", "OPTIMIZER_DEFAULTS", "masked_concept_bce"]
+
+#: The model's optimiser settings where neither the model's options nor the bottleneck's
+#: ``training_defaults()`` say otherwise.
+OPTIMIZER_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine", "warmup_fraction": 0.0}
 
 
 class FeatureNorm(nn.Module):
@@ -76,7 +80,14 @@ class BottleneckModel(L.LightningModule):
             (``bottleneck.feature_space == "encoder"``: concept banks), where True is an error.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
         lr, weight_decay, momentum: optimiser settings.
-        lr_schedule: ``"cosine"`` (over the run's total steps) or ``"constant"``.
+        lr_schedule: ``"cosine"`` (over the run's total steps), ``"constant"``, or
+            ``"cooldown"``: constant, then linear to 0 over the last 20% of the steps.
+        warmup_fraction: fraction of the run's total steps over which the learning rate
+            rises linearly from ~0 to ``lr`` before the schedule (0 = no warmup).
+            ``lr``, ``weight_decay``, ``lr_schedule`` and ``warmup_fraction`` left unset (None)
+            take the bottleneck's measured :meth:`~bottlenecks.layers.base.Bottleneck.training_defaults`
+            (the gradient-trained concept bottlenecks: docs/defaults.md), else
+            :data:`OPTIMIZER_DEFAULTS`; the resolved values are the model's hyperparameters.
         reference_batch_size: the global batch ``lr`` and the EMA decays were chosen for. When
             set, training at another effective batch (batch size × processes × gradient
             accumulation) scales ``lr`` by ``lr_scaling`` and the EMA codebooks' decays to the
@@ -104,10 +115,11 @@ class BottleneckModel(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         standardize_features: bool | None = None,
         optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        lr: float | None = None,
+        weight_decay: float | None = None,
         momentum: float = 0.9,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        lr_schedule: Literal["cosine", "constant", "cooldown"] | None = None,
+        warmup_fraction: float | None = None,
         reference_batch_size: int | None = None,
         lr_scaling: Literal["none", "linear", "sqrt", "auto"] = "auto",
         ema_scaling: bool = True,
@@ -135,6 +147,7 @@ class BottleneckModel(L.LightningModule):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         if task == "classification" and (num_classes is None or num_classes < 2):
             raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
+        self._resolve_optimizer_defaults(bottleneck)
         self.bottleneck = bottleneck
         self.task = task
         self.num_classes = num_classes
@@ -165,6 +178,24 @@ class BottleneckModel(L.LightningModule):
         self._loss_sums: dict[str, dict[str, Tensor]] = {}
         self._loss_counts: dict[str, int] = {}
         self._build_metrics()
+
+    def _resolve_optimizer_defaults(self, bottleneck: Bottleneck) -> None:
+        """Fill the optimiser options left unset from the bottleneck's measured defaults, then
+        :data:`OPTIMIZER_DEFAULTS`; check them."""
+        measured = dict(bottleneck.training_defaults())
+        unknown = sorted(set(measured) - set(OPTIMIZER_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"{type(bottleneck).__name__}.training_defaults() names {unknown}; known: {sorted(OPTIMIZER_DEFAULTS)}"
+            )
+        for name, fallback in OPTIMIZER_DEFAULTS.items():
+            if self.hparams.get(name) is None:
+                self.hparams[name] = measured.get(name, fallback)
+        hp = self.hparams
+        if hp.lr_schedule not in ("cosine", "constant", "cooldown"):
+            raise ValueError(f"lr_schedule must be 'cosine', 'constant' or 'cooldown', got {hp.lr_schedule!r}")
+        if not 0.0 <= hp.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {hp.warmup_fraction!r}")
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -576,13 +607,39 @@ class BottleneckModel(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
         else:
             raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {hp.optimizer!r}")
-        if hp.lr_schedule == "constant":
+        warmup = float(hp.get("warmup_fraction") or 0.0)
+        if hp.lr_schedule == "constant" and warmup == 0:
             return opt
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total <= 0:
             return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
+        if warmup == 0 and hp.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
+        else:
+            warm = max(1, round(warmup * total)) if warmup > 0 else 0
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _LRFactor(int(total), warm, hp.lr_schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _LRFactor:
+    """LR factor at a step: linear warmup over ``warmup`` steps, then ``schedule`` until ``total``:
+    constant; cosine to 0; or constant and a linear cooldown to 0 over the last 20% of the steps."""
+
+    COOLDOWN = 0.2
+
+    def __init__(self, total: int, warmup: int, schedule: str) -> None:
+        self.total, self.warmup, self.schedule = total, warmup, schedule
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "cooldown":
+            left = self.total - step  # steps left, this one included
+            return min(1.0, left / max(1.0, self.COOLDOWN * self.total))
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def check_checkpoint_format(checkpoint: dict[str, Any], where: str = "the checkpoint") -> int:
