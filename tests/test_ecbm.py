@@ -244,7 +244,9 @@ def test_mean_field_propagates_interventions_on_112_grouped_concepts():
                                      y_test=y[400:], concepts_test=c[400:], concept_names=names, batch_size=400)
     b = EnergyConceptBottleneck(64, num_classes=10, concept_names=names, hidden=32)
     assert len(names) == 112 and b.inference == "mean_field" and b.global_objective == "pseudo_likelihood"
-    model = BottleneckModel(b, num_classes=10, lr=3e-2)
+    # weight_decay=0: the regime this test was measured in; with ECBM's measured default (1e-4)
+    # the class energy alone reaches 1.0 here and clamping half the groups lowers it (docs/concepts.md)
+    model = BottleneckModel(b, num_classes=10, lr=3e-2, weight_decay=0.0)
     trainer(max_epochs=30, limit_val_batches=0, num_sanity_val_steps=0).fit(model, dm)
     xt, ct, yt = x[400:], c[400:], y[400:]
     half = [m for g in list(groups)[:14] for m in groups[g]]
