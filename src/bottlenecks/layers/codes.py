@@ -158,8 +158,78 @@ def reseed_codes(codebook: Tensor, dead: Tensor, x: Tensor) -> Tensor:
     return fresh
 
 
+def dead_fraction(last_used: Tensor, steps: Tensor, window: int) -> Tensor:
+    """Fraction of codes chosen in none of the last ``window`` training batches (scalar).
+
+    Args:
+        last_used: ``(groups, K)`` the step at which each code was last chosen (0 = never).
+        steps: scalar count of training steps so far.
+        window: batches without a hit after which a code counts as dead (before ``window``
+            steps have passed: codes never chosen yet).
+    """
+    if int(steps) == 0:
+        return torch.zeros((), device=last_used.device)
+    stale = last_used == 0 if int(steps) < window else (steps - last_used) >= window
+    return stale.float().mean()
+
+
 def perplexity(counts: Tensor) -> Tensor:
     """``exp(entropy)`` of each row of code counts ``(groups, K)``, averaged over groups (scalar)."""
     p = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
     ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
     return ent.exp().mean()
+
+
+def straight_through(x: Tensor, q: Tensor) -> Tensor:
+    """The value of ``q`` with the gradient of ``x``: ``x + sg[q - x]`` (VQ-VAE)."""
+    return x + (q - x).detach()
+
+
+def rotate_to(x: Tensor, q: Tensor, eps: float = 1e-6) -> Tensor:
+    """The rotation trick (Fifty et al., 2024): the value of ``q``, reached from ``x`` by a
+    rotation and a rescaling that the backward pass treats as constants.
+
+    With ``u = x / |x|``, ``v = q / |q|`` and ``w = (u + v) / |u + v|``, the rotation
+    ``R = I - 2 w wᵀ + 2 v uᵀ`` maps ``u`` onto ``v`` (in the plane of the two, identity
+    elsewhere) and ``λ = |q| / |x|``; the output is ``λ R x`` with ``λ`` and ``R`` detached.
+    Its value is ``q``; its gradient to ``x`` is ``λ Rᵀ g`` for an output gradient ``g``:
+    the gradient turns with the vector, so its angle to ``x`` is the angle of ``g`` to ``q``
+    (the straight-through estimator copies ``g`` unchanged). Computed without building ``R``.
+
+    Args:
+        x: ``(..., d)`` inputs (encoder side; the gradient reaches them).
+        q: ``(..., d)`` their codes (no gradient flows to them through this output).
+
+    Returns:
+        ``(..., d)``, equal to ``q`` up to rounding.
+    """
+    x_norm = x.detach().norm(dim=-1, keepdim=True).clamp_min(eps)
+    q = q.detach()
+    q_norm = q.norm(dim=-1, keepdim=True)
+    u = x.detach() / x_norm
+    v = q / q_norm.clamp_min(eps)
+    w = F.normalize(u + v, dim=-1, eps=eps)
+    rotated = x - 2 * (x * w).sum(-1, keepdim=True) * w + 2 * (x * u).sum(-1, keepdim=True) * v
+    return rotated * (q_norm / x_norm)
+
+
+def warn_collapse(owner: object, alive: float, threshold: float, what: str = "codes", hint: str = "") -> bool:
+    """Warn once per layer (rank zero only) when the fraction of ``what`` still in use falls
+    below ``threshold``; returns True when it warned now. ``owner`` keeps a plain flag
+    ``_collapse_warned``, so the warning is not repeated every step."""
+    if threshold <= 0 or alive >= threshold or getattr(owner, "_collapse_warned", False):
+        return False
+    import warnings
+
+    import torch.distributed as dist
+
+    owner._collapse_warned = True  # type: ignore[attr-defined]
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return False
+    warnings.warn(
+        f"{type(owner).__name__}: codebook collapse: only {alive:.0%} of the {what} were used in the recent "
+        f"window (threshold {threshold:.0%}){'. ' + hint if hint else ''}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return True
