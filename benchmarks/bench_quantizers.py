@@ -17,6 +17,8 @@ round by round (so a busy machine slows both alike), medians reported:
   (entropy loss weight 0.1). ``ours_s``/``reference_s``: median seconds per training step;
   the note: codes alive (fraction of the codebook chosen on the data after training) and the
   reconstruction error (MSE of the standardised pixels; 1.0 = predicting the mean).
+* **optimisers** — ``optimizer: muon`` against ``adamw`` on the digits through a projected VQ:
+  seconds per epoch and final test accuracy.
 
 The reference packages are benchmark-only extras (``pip install .[bench]``)::
 
@@ -293,13 +295,56 @@ def option_rows(quick: bool = False, steps: int = 600) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- optimisers
+def optimizer_rows(quick: bool = False, epochs: int = 30) -> list[dict]:
+    """Muon against AdamW: the digits pixels through a VQ with a learned projection (4 heads of
+    8 dims, 64 codes each, EMA codebook) and a one-hidden-layer head, trained by Lightning at the
+    same lr (Muon's updates are scaled to AdamW's RMS): median seconds per epoch, final test accuracy."""
+    import lightning as L
+
+    from bottlenecks.data.modules import DigitsDataModule
+    from bottlenecks.layers.quantize import VectorQuantizer
+    from bottlenecks.models.module import BottleneckModel
+
+    class EpochTimer(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            self.times.append(time.perf_counter() - self.t0)
+
+    epochs = 2 if quick else epochs
+    result = {}
+    for optimizer in ("adamw", "muon"):
+        L.seed_everything(0, verbose=False)
+        vq = VectorQuantizer(64, codebook_size=64, num_heads=4, code_dim=8, ema=True, collapse_threshold=0.0)
+        model = BottleneckModel(vq, num_classes=10, head_hidden=[64], optimizer=optimizer, lr=0.01,
+                                standardize_features=False, loss_weights={"commitment": 0.25})
+        timer = EpochTimer()
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[timer], accelerator="cpu", devices=1)
+        dm = DigitsDataModule(batch_size=64)
+        trainer.fit(model, dm)
+        acc = trainer.test(model, dm, verbose=False)[0]["test/task_acc"]
+        result[optimizer] = (statistics.median(timer.times), acc)
+    return [{
+        "operation": f"optimizer: digits through VQ (projected, 4 heads x 64 codes), {epochs} epochs",
+        "size": "1797 x 64 pixels, batch 64", "ours": "muon (Muon matrices + AdamW rest)",
+        "ours_s": result["muon"][0], "reference": "adamw", "reference_s": result["adamw"][0], "peak_mb": None,
+        "note": f"seconds per epoch; test accuracy muon {result['muon'][1]:.3f} / adamw {result['adamw'][1]:.3f}",
+    }]
+
+
 def rows(quick: bool = False) -> list[dict]:
     """The table for ``benchmarks/run_all.py`` (quick: tiny sizes, 30 training steps, no memory
     subprocesses — a smoke test; the numbers worth reading come from the full run)."""
     missing = [m for m in REFERENCES if importlib.util.find_spec(m) is None]
     if missing:
         raise RuntimeError(f"bench_quantizers needs the reference packages {missing}: pip install -e '.[bench]'")
-    return speed_rows(quick, rounds=3 if quick else 7, memory=not quick) + option_rows(quick)
+    return speed_rows(quick, rounds=3 if quick else 7, memory=not quick) + option_rows(quick) + optimizer_rows(quick)
 
 
 def _print(table: list[dict]) -> None:
@@ -317,7 +362,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is stable on a shared machine; 2 = every core here)")
     parser.add_argument("--repeats", type=int, default=7, help="timing rounds (median of)")
-    parser.add_argument("--part", choices=("all", "speed", "options"), default="all")
+    parser.add_argument("--part", choices=("all", "speed", "options", "optimizers"), default="all")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -335,6 +380,8 @@ def main() -> None:
                             memory=not args.quick)
     if args.part in ("all", "options"):
         table += option_rows(args.quick)
+    if args.part in ("all", "optimizers"):
+        table += optimizer_rows(args.quick)
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     print(f"torch {torch.__version__}, {args.threads} threads, median of interleaved rounds; load {load}")
