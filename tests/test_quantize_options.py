@@ -45,6 +45,8 @@ def test_rotation_trick_matches_the_rotation_built_by_hand():
     assert not torch.allclose(e.grad, grad_out, atol=1e-2)
     assert math.isclose(float(F.cosine_similarity(e.grad, ed, 0)), float(F.cosine_similarity(grad_out, q, 0)),
                         abs_tol=1e-5)
+    zero = torch.zeros(5, requires_grad=True)
+    assert torch.equal(rotate_to(zero, q), q)  # a zero input still takes its code's value
 
 
 @pytest.mark.parametrize("simvq", [False, True])

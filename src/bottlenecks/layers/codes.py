@@ -233,7 +233,7 @@ def rotate_to(x: Tensor, q: Tensor, eps: float = 1e-6) -> Tensor:
         q: ``(..., d)`` their codes (no gradient flows to them through this output).
 
     Returns:
-        ``(..., d)``, equal to ``q`` up to rounding.
+        ``(..., d)``, equal to ``q``.
     """
     x_norm = x.detach().norm(dim=-1, keepdim=True).clamp_min(eps)
     q = q.detach()
@@ -241,8 +241,9 @@ def rotate_to(x: Tensor, q: Tensor, eps: float = 1e-6) -> Tensor:
     u = x.detach() / x_norm
     v = q / q_norm.clamp_min(eps)
     w = F.normalize(u + v, dim=-1, eps=eps)
-    rotated = x - 2 * (x * w).sum(-1, keepdim=True) * w + 2 * (x * u).sum(-1, keepdim=True) * v
-    return rotated * (q_norm / x_norm)
+    rotated = (x - 2 * (x * w).sum(-1, keepdim=True) * w + 2 * (x * u).sum(-1, keepdim=True) * v) * (q_norm / x_norm)
+    # the value is q exactly (also for a zero input, where the rotation is undefined)
+    return rotated + (q - rotated).detach()
 
 
 def warn_collapse(owner: object, alive: float, threshold: float, what: str = "codes", hint: str = "") -> bool:
