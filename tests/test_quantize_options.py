@@ -178,7 +178,7 @@ def test_each_option_trains_above_chance(make):
     trainer.fit(model, _blobs_dm())
     assert {"train/perplexity", "train/usage_perplexity", "train/dead_fraction"} <= set(trainer.callback_metrics)
     res = trainer.test(model, _blobs_dm(), verbose=False)[0]
-    assert res["test/task_acc"] > 0.9  # chance is 0.25
+    assert res["test/task_acc"] > 0.8  # chance is 0.25
 
 
 @pytest.mark.parametrize("config", ["vq_lfq_digits.yaml", "vq_simvq_digits.yaml"])

@@ -105,7 +105,8 @@ class VectorQuantizer(Bottleneck):
             (:func:`~bottlenecks.layers.codes.rotate_to`).
         simvq: SimVQ (Zhu et al., 2024): the codes are a frozen random codebook times a learned
             ``(code_dim, code_dim)`` linear map per codebook (``codebook_map``), so every update
-            moves all codes together and none is left behind. Trained by the ``"codebook"`` loss
+            moves all codes together and none is left behind (frozen codes start at scale
+            ``1 / sqrt(code_dim)``, as in the paper). Trained by the ``"codebook"`` loss
             (not with ``ema``); ``unit_table()`` is then the frozen codebook, before the map.
         collapse_threshold: warn once (rank zero) when the fraction of codes chosen in the last
             ``dead_window`` training batches falls below this (0 disables the warning).
@@ -198,8 +199,8 @@ class VectorQuantizer(Bottleneck):
             self.register_buffer("codebook", start)
             self.register_buffer("ema_count", torch.ones(G, K))
             self.register_buffer("ema_sum", start.clone())
-        elif simvq:  # frozen random codes; the learned map starts at the identity
-            self.register_buffer("codebook", start)
+        elif simvq:  # frozen random codes of scale 1/sqrt(d) (SimVQ's); the learned map starts at the identity
+            self.register_buffer("codebook", start if distance == "cosine" else start * d**-0.5)
             self.codebook_map = nn.Parameter(torch.eye(d).expand(G, d, d).clone())
         else:
             self.codebook = nn.Parameter(start)
