@@ -127,6 +127,8 @@ def _build(cls):
         kw.update(codebook_size=8, num_quantizers=2, init="random")
     if name == "FiniteScalarQuantizer":
         kw["levels"] = [3, 3]
+    if name == "LookupFreeQuantizer":
+        kw["code_dim"] = 4
     if name == "CodebookFeatures":
         kw["top_k"] = 2
     if name == "DiscreteKeyValueBottleneck":

@@ -19,7 +19,12 @@ from bottlenecks.layers.codebook_features import CodebookFeatures
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
 from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
-from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from bottlenecks.layers.quantize import (
+    FiniteScalarQuantizer,
+    LookupFreeQuantizer,
+    ResidualVectorQuantizer,
+    VectorQuantizer,
+)
 from bottlenecks.layers.stochastic import (
     ContrastiveVIBBottleneck,
     CSIBBottleneck,
@@ -47,6 +52,8 @@ LAYERS = {
     "vq_ema": lambda: VectorQuantizer(D, codebook_size=16, ema=True, heads=2),
     "rvq": lambda: ResidualVectorQuantizer(D, codebook_size=8, kmeans_init=False),
     "fsq": lambda: FiniteScalarQuantizer(D, levels=[5, 4, 3]),
+    "lfq": lambda: LookupFreeQuantizer(D, code_dim=4),
+    "vq_simvq_rotation": lambda: VectorQuantizer(D, codebook_size=16, simvq=True, gradient="rotation"),
     "codebook_features": lambda: CodebookFeatures(D, codebook_size=16, k=2),
     "gaussian": lambda: GaussianBottleneck(D, out_features=4, hidden=[8]),
     "csib": lambda: CSIBBottleneck(D, latent_dim=4, hidden=[8]),

@@ -36,6 +36,7 @@ _EXPORTS = {
     "VectorQuantizer": "bottlenecks.layers",
     "ResidualVectorQuantizer": "bottlenecks.layers",
     "FiniteScalarQuantizer": "bottlenecks.layers",
+    "LookupFreeQuantizer": "bottlenecks.layers",
     "CodebookFeatures": "bottlenecks.layers",
     "insert_codebooks": "bottlenecks.layers",
     "DiscreteKeyValueBottleneck": "bottlenecks.layers",

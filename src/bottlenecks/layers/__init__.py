@@ -9,7 +9,12 @@ from bottlenecks.layers.ecbm import EnergyConceptBottleneck
 from bottlenecks.layers.key_value import DiscreteKeyValueBottleneck
 from bottlenecks.layers.label_free import LaBoBottleneck, LabelFreeCBM
 from bottlenecks.layers.posthoc import PosthocConceptBottleneck
-from bottlenecks.layers.quantize import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
+from bottlenecks.layers.quantize import (
+    FiniteScalarQuantizer,
+    LookupFreeQuantizer,
+    ResidualVectorQuantizer,
+    VectorQuantizer,
+)
 from bottlenecks.layers.sparse_autoencoder import DiscoverThenNameCBM, SparseAutoencoder
 from bottlenecks.layers.sparse_cbm import SparseConceptBottleneck
 from bottlenecks.layers.surgery import CodebookModel, insert_codebooks
@@ -41,6 +46,7 @@ __all__ = [
     "IdentityBottleneck",
     "LaBoBottleneck",
     "LabelFreeCBM",
+    "LookupFreeQuantizer",
     "NoisyBottleneck",
     "PosthocConceptBottleneck",
     "ResidualVectorQuantizer",
@@ -59,6 +65,7 @@ BOTTLENECKS = [
     VectorQuantizer,
     ResidualVectorQuantizer,
     FiniteScalarQuantizer,
+    LookupFreeQuantizer,
     CodebookFeatures,
     DiscreteKeyValueBottleneck,
     GaussianBottleneck,

@@ -47,9 +47,16 @@ def nearest_codes(
     k: int = 1,
     distance: Distance = "euclidean",
     blocked: Tensor | None = None,
-    max_scores: int = 2**20,
+    max_scores: int = 2**19,
 ) -> Tensor:
     """Indices of the ``k`` nearest codes of every vector.
+
+    The nearest code maximises ``x·c - ||c||²/2`` (euclidean) or ``x·c`` (cosine): one
+    ``addmm``/``baddbmm`` per block of rows with the per-code term as its bias, computed once
+    (blocked codes get a bias of ``-inf``, so masking costs nothing per row), then ``argmax``.
+    Blocks of at most ``max_scores`` scores (default 2 MB of float32) go into one reused
+    buffer: each block's ``argmax`` reads scores that are still in cache, which on a CPU makes
+    the search cheaper than a single matmul writing all ``n × K`` scores to memory.
 
     Args:
         x: ``(groups, n, d)`` vectors (L2-normalised for ``"cosine"``).
@@ -57,9 +64,7 @@ def nearest_codes(
         k: how many codes per vector (``k <= K``).
         distance: ``"euclidean"`` or ``"cosine"``.
         blocked: optional ``(groups, K)`` bool; True codes are never chosen.
-        max_scores: largest ``(groups, n, K)`` score block held at once (default 4 MB of
-            float32); bigger problems are scored block by block — same result, bounded
-            memory, and each block's argmax reads scores that are still in cache.
+        max_scores: largest ``(groups, rows, K)`` score block held at once.
 
     Returns:
         ``(groups, n)`` int64 when ``k == 1``, else ``(groups, n, k)`` ordered nearest first.
@@ -69,28 +74,40 @@ def nearest_codes(
     if k > K:
         raise ValueError(f"top-k with k={k} needs at least k codes, but the codebook has {K}")
     with torch.no_grad():
-        if G * n * K <= max_scores or n == 0:
-            return _nearest(x, codebook, k, distance, blocked)
-        # bounded memory: score a block of groups × rows at a time
-        rows = max(1, max_scores // K)
+        x = x.detach()
+        codebook = codebook.detach().to(x.dtype)
+        bias = None if distance == "cosine" else codebook.pow(2).sum(-1).mul_(-0.5)  # (G, K)
+        if blocked is not None:
+            base = bias if bias is not None else x.new_zeros(G, K)
+            bias = base.masked_fill(blocked.to(base.device), float("-inf"))
+        ct = codebook.transpose(1, 2)
         out = torch.empty((G, n) if k == 1 else (G, n, k), dtype=torch.long, device=x.device)
-        g_step = max(1, rows // n)
+        if n == 0:
+            return out
+        g_step = max(1, min(G, max_scores // (K * n) if K * n <= max_scores else 1))
+        rows = max(1, min(n, max_scores // (K * g_step)))
+        buf = x.new_empty(g_step, rows, K)
         for g in range(0, G, g_step):
-            gs = slice(g, g + g_step)
-            b = blocked[gs] if blocked is not None else None
-            r_step = max(1, rows // min(g_step, G - g))
-            for r in range(0, n, r_step):
-                out[gs, r : r + r_step] = _nearest(x[gs, r : r + r_step], codebook[gs], k, distance, b)
+            gs = slice(g, min(G, g + g_step))
+            gn = gs.stop - gs.start
+            for r in range(0, n, rows):
+                xb = x[gs, r : r + rows]
+                scores = buf[:gn, : xb.shape[1]]
+                if gn == 1:
+                    s2 = scores[0]
+                    if bias is None:
+                        torch.mm(xb[0], ct[g], out=s2)
+                    else:
+                        torch.addmm(bias[g], xb[0], ct[g], out=s2)
+                elif bias is None:
+                    torch.bmm(xb, ct[gs], out=scores)
+                else:
+                    torch.baddbmm(bias[gs].unsqueeze(1), xb, ct[gs], out=scores)
+                if k == 1:
+                    out[gs, r : r + rows] = scores.argmax(-1)
+                else:
+                    out[gs, r : r + rows] = scores.topk(k, dim=-1).indices
         return out
-
-
-def _nearest(x: Tensor, codebook: Tensor, k: int, distance: Distance, blocked: Tensor | None) -> Tensor:
-    scores = code_similarity(x, codebook, distance)
-    if blocked is not None:
-        scores.masked_fill_(blocked.unsqueeze(1), float("-inf"))
-    if k == 1:
-        return scores.argmax(-1)
-    return scores.topk(k, dim=-1).indices
 
 
 def kmeans(
@@ -164,8 +181,94 @@ def reseed_codes(codebook: Tensor, dead: Tensor, x: Tensor) -> Tensor:
     return fresh
 
 
+def dead_fraction(last_used: Tensor, steps: Tensor, window: int) -> Tensor:
+    """Fraction of codes chosen in none of the last ``window`` training batches (scalar).
+
+    Args:
+        last_used: ``(groups, K)`` the step at which each code was last chosen (0 = never).
+        steps: scalar count of training steps so far.
+        window: batches without a hit after which a code counts as dead (before ``window``
+            steps have passed: codes never chosen yet).
+    """
+    if int(steps) == 0:
+        return torch.zeros((), device=last_used.device)
+    stale = last_used == 0 if int(steps) < window else (steps - last_used) >= window
+    return stale.float().mean()
+
+
 def perplexity(counts: Tensor) -> Tensor:
     """``exp(entropy)`` of each row of code counts ``(groups, K)``, averaged over groups (scalar)."""
     p = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
     ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
     return ent.exp().mean()
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``q`` (no copy); backward: the output gradient goes to ``x`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q: Tensor) -> Tensor:  # noqa: ANN001
+        return q.view_as(q)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        return grad, None
+
+
+def straight_through(x: Tensor, q: Tensor) -> Tensor:
+    """The value of ``q`` with the gradient of ``x`` — ``x + sg[q - x]`` (VQ-VAE) — without the
+    two elementwise passes that formula costs; no gradient reaches ``q`` through it."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return q.detach()
+    return _StraightThrough.apply(x, q.detach())
+
+
+def rotate_to(x: Tensor, q: Tensor, eps: float = 1e-6) -> Tensor:
+    """The rotation trick (Fifty et al., 2024): the value of ``q``, reached from ``x`` by a
+    rotation and a rescaling that the backward pass treats as constants.
+
+    With ``u = x / |x|``, ``v = q / |q|`` and ``w = (u + v) / |u + v|``, the rotation
+    ``R = I - 2 w wᵀ + 2 v uᵀ`` maps ``u`` onto ``v`` (in the plane of the two, identity
+    elsewhere) and ``λ = |q| / |x|``; the output is ``λ R x`` with ``λ`` and ``R`` detached.
+    Its value is ``q``; its gradient to ``x`` is ``λ Rᵀ g`` for an output gradient ``g``:
+    the gradient turns with the vector, so its angle to ``x`` is the angle of ``g`` to ``q``
+    (the straight-through estimator copies ``g`` unchanged). Computed without building ``R``.
+
+    Args:
+        x: ``(..., d)`` inputs (encoder side; the gradient reaches them).
+        q: ``(..., d)`` their codes (no gradient flows to them through this output).
+
+    Returns:
+        ``(..., d)``, equal to ``q``.
+    """
+    x_norm = x.detach().norm(dim=-1, keepdim=True).clamp_min(eps)
+    q = q.detach()
+    q_norm = q.norm(dim=-1, keepdim=True)
+    u = x.detach() / x_norm
+    v = q / q_norm.clamp_min(eps)
+    w = F.normalize(u + v, dim=-1, eps=eps)
+    rotated = (x - 2 * (x * w).sum(-1, keepdim=True) * w + 2 * (x * u).sum(-1, keepdim=True) * v) * (q_norm / x_norm)
+    # the value is q exactly (also for a zero input, where the rotation is undefined)
+    return rotated + (q - rotated).detach()
+
+
+def warn_collapse(owner: object, alive: float, threshold: float, what: str = "codes", hint: str = "") -> bool:
+    """Warn once per layer (rank zero only) when the fraction of ``what`` still in use falls
+    below ``threshold``; returns True when it warned now. ``owner`` keeps a plain flag
+    ``_collapse_warned``, so the warning is not repeated every step."""
+    if threshold <= 0 or alive >= threshold or getattr(owner, "_collapse_warned", False):
+        return False
+    import warnings
+
+    import torch.distributed as dist
+
+    owner._collapse_warned = True  # type: ignore[attr-defined]
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return False
+    warnings.warn(
+        f"{type(owner).__name__}: codebook collapse: only {alive:.0%} of the {what} were used in the recent "
+        f"window (threshold {threshold:.0%}){'. ' + hint if hint else ''}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return True

@@ -7,6 +7,9 @@
   shared codebook.
 * :class:`ResidualVectorQuantizer` — residual VQ (SoundStream, Zeghidour et al.,
   2021): each stage quantises what the previous stages left over.
+* :class:`LookupFreeQuantizer` — LFQ (Yu et al., 2023, "Language Model Beats Diffusion"):
+  the sign of each of ``code_dim`` learned scalars, an implicit codebook of
+  ``2 ** code_dim`` codes, and an entropy loss for confident, evenly used codes.
 * :class:`FiniteScalarQuantizer` — FSQ (Mentzer et al., 2023): project to a few
   bounded scalars and round each to one of ``L_i`` levels; no codebook to learn,
   no auxiliary loss.
@@ -29,7 +32,17 @@ from torch import Tensor, nn
 from bottlenecks import distributed
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
 from bottlenecks.layers.codes import DISTANCES as _DISTANCES
-from bottlenecks.layers.codes import Distance, kmeans, nearest_codes, perplexity, reseed_codes
+from bottlenecks.layers.codes import (
+    Distance,
+    dead_fraction,
+    kmeans,
+    nearest_codes,
+    perplexity,
+    reseed_codes,
+    rotate_to,
+    straight_through,
+    warn_collapse,
+)
 from bottlenecks.naming import accepts_renamed
 
 
@@ -86,6 +99,18 @@ class VectorQuantizer(Bottleneck):
             (frozen) features into the space that is quantised, so the representation can
             adapt to the task (the commitment loss then trains it); ``z`` is then
             ``(batch, num_heads * code_dim)``. Default: quantise the features themselves.
+        gradient: how the gradient crosses the quantiser: ``"straight_through"`` copies the
+            output gradient to the input; ``"rotation"`` is the rotation trick (Fifty et al.,
+            2024): the output is the input rotated onto its code and rescaled, the rotation and
+            scale held constant, so the gradient turns with the vector
+            (:func:`~bottlenecks.layers.codes.rotate_to`).
+        simvq: SimVQ (Zhu et al., 2024): the codes are a frozen random codebook times a learned
+            ``(code_dim, code_dim)`` linear map per codebook (``codebook_map``), so every update
+            moves all codes together and none is left behind (frozen codes start at scale
+            ``1 / sqrt(code_dim)``, as in the paper). Trained by the ``"codebook"`` loss
+            (not with ``ema``); ``unit_table()`` is then the frozen codebook, before the map.
+        collapse_threshold: warn once (rank zero) when the fraction of codes chosen in the last
+            ``dead_window`` training batches falls below this (0 disables the warning).
     """
 
     @accepts_renamed
@@ -105,6 +130,9 @@ class VectorQuantizer(Bottleneck):
         usage_decay: float = 0.99,
         dead_window: int = 100,
         code_dim: int | None = None,
+        gradient: Literal["straight_through", "rotation"] = "straight_through",
+        simvq: bool = False,
+        collapse_threshold: float = 0.1,
     ) -> None:
         super().__init__()
         if in_features < 1:
@@ -129,6 +157,20 @@ class VectorQuantizer(Bottleneck):
                 raise ValueError(f"{name} must lie in (0, 1), got {value}")
         if dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold}")
+        if gradient not in ("straight_through", "rotation"):
+            raise ValueError(f"gradient must be 'straight_through' or 'rotation', got {gradient!r}")
+        if simvq and ema:
+            raise ValueError(
+                "simvq=True learns the linear map over a frozen codebook by gradient; it cannot also "
+                "follow EMA updates: set ema: false"
+            )
+        if simvq and dead_code_threshold > 0:
+            raise ValueError(
+                "simvq=True keeps codes in use through the shared linear map and re-seeds none: "
+                "set dead_code_threshold: 0"
+            )
+        if not 0.0 <= collapse_threshold < 1.0:
+            raise ValueError(f"collapse_threshold must lie in [0, 1), got {collapse_threshold}")
         self.in_features = in_features
         self.codebook_size = codebook_size
         self.num_heads = num_heads
@@ -147,6 +189,9 @@ class VectorQuantizer(Bottleneck):
         self.usage_decay = usage_decay
         self.dead_window = dead_window
         self.batch_scale = 1.0  # set_batch_scale: training batch / the batch the decays were chosen for
+        self.gradient = gradient
+        self.simvq = simvq
+        self.collapse_threshold = collapse_threshold
 
         G, K, d = self.groups, codebook_size, self.code_dim
         start = torch.randn(G, K, d)
@@ -156,6 +201,9 @@ class VectorQuantizer(Bottleneck):
             self.register_buffer("codebook", start)
             self.register_buffer("ema_count", torch.ones(G, K))
             self.register_buffer("ema_sum", start.clone())
+        elif simvq:  # frozen random codes of scale 1/sqrt(d) (SimVQ's); the learned map starts at the identity
+            self.register_buffer("codebook", start if distance == "cosine" else start * d**-0.5)
+            self.codebook_map = nn.Parameter(torch.eye(d).expand(G, d, d).clone())
         else:
             self.codebook = nn.Parameter(start)
         self.register_buffer("usage", torch.zeros(G, K))
@@ -166,8 +214,11 @@ class VectorQuantizer(Bottleneck):
 
     # ------------------------------------------------------------------ helpers
     def codes_tensor(self) -> Tensor:
-        """The effective codebook ``(groups, codebook_size, code_dim)`` (unit norm for cosine)."""
+        """The effective codebook ``(groups, codebook_size, code_dim)`` (unit norm for cosine;
+        with ``simvq``, the frozen codes through the learned map)."""
         c = self.codebook
+        if self.simvq:
+            c = torch.bmm(c, self.codebook_map.transpose(1, 2))
         return F.normalize(c, dim=-1) if self.distance == "cosine" else c
 
     def _group(self, h: Tensor) -> Tensor:
@@ -221,6 +272,8 @@ class VectorQuantizer(Bottleneck):
         if not torch.isfinite(codes).all():
             raise ValueError("refusing to write NaN or inf into the codebook")
         self.codebook.data.copy_(codes)
+        if self.simvq:  # the codes as given: the map back to the identity
+            self.codebook_map.data.copy_(torch.eye(self.code_dim, dtype=codes.dtype).expand_as(self.codebook_map))
         if self.ema:
             self.ema_sum.copy_(codes)
             self.ema_count.fill_(1.0)
@@ -260,12 +313,12 @@ class VectorQuantizer(Bottleneck):
         if not self.ema:
             losses["codebook"] = F.mse_loss(q, x.detach())
         losses["commitment"] = F.mse_loss(x, q.detach())
-        z = x + (q - x).detach()
+        z = rotate_to(x, q) if self.gradient == "rotation" else straight_through(x, q)
 
         counts = torch.bincount(flat.reshape(-1), minlength=G * K).view(G, K).to(h.dtype)
         if self.training:
             self._update(x.detach(), flat, counts)
-        metrics = {"perplexity": perplexity(counts), "dead_fraction": self.dead_fraction()}
+        metrics = self._usage_metrics(counts)
         return self._ungroup(z, n), self._ungroup_codes(idx, n), losses, metrics, counts
 
     def forward(
@@ -381,14 +434,23 @@ class VectorQuantizer(Bottleneck):
         self.batch_scale = float(scale)
 
     # --------------------------------------------------------------------- stats
+    def _usage_metrics(self, counts: Tensor) -> dict[str, Tensor]:
+        """``perplexity`` of this batch's codes, ``usage_perplexity`` of the running usage (a
+        window of about ``1 / (1 - usage_decay)`` batches), ``dead_fraction``; in training, the
+        collapse warning once the window of ``dead_window`` batches has filled."""
+        dead = self.dead_fraction()
+        metrics = {"perplexity": perplexity(counts), "usage_perplexity": perplexity(self.usage), "dead_fraction": dead}
+        if self.training and self.collapse_threshold > 0 and int(self.steps) >= self.dead_window:
+            warn_collapse(
+                self, 1.0 - float(dead), self.collapse_threshold,
+                f"{self.groups * self.codebook_size} codes",
+                "Try init='kmeans', ema=True with dead_code_threshold > 0, simvq=True, or a smaller codebook_size",
+            )
+        return metrics
+
     def dead_fraction(self) -> Tensor:
         """Fraction of codes chosen in none of the last ``dead_window`` training batches (scalar)."""
-        if int(self.steps) == 0:
-            return torch.zeros((), device=self.usage.device)
-        stale = (self.steps - self.last_used) >= self.dead_window
-        if int(self.steps) < self.dead_window:
-            stale = self.last_used == 0
-        return stale.float().mean()
+        return dead_fraction(self.last_used, self.steps, self.dead_window)
 
     def suppress(self, codes: list[int], head: int = 0, suppressed: bool = True) -> None:
         """Never choose ``codes`` (of codebook ``head``) again, or allow them again.
@@ -419,7 +481,10 @@ class ResidualVectorQuantizer(Bottleneck):
         in_features: width of the input features.
         num_quantizers: number of stages ``S``.
         codebook_size, distance, ema, ema_decay, eps, init, init_iters,
-        dead_code_threshold, usage_decay: as in :class:`VectorQuantizer` (one codebook per stage).
+        dead_code_threshold, usage_decay, collapse_threshold: as in :class:`VectorQuantizer` (one
+            codebook per stage).
+        gradient: ``"straight_through"`` or ``"rotation"`` (the input rotated onto the sum of
+            its stage codes; :func:`~bottlenecks.layers.codes.rotate_to`).
     """
 
     @accepts_renamed
@@ -436,6 +501,8 @@ class ResidualVectorQuantizer(Bottleneck):
         init_iters: int = 10,
         dead_code_threshold: float = 0.0,
         usage_decay: float = 0.99,
+        gradient: Literal["straight_through", "rotation"] = "straight_through",
+        collapse_threshold: float = 0.1,
     ) -> None:
         super().__init__()
         if num_quantizers < 1:
@@ -449,9 +516,11 @@ class ResidualVectorQuantizer(Bottleneck):
                 in_features, codebook_size, num_heads=1, distance=distance, ema=ema, ema_decay=ema_decay, eps=eps,
                 init=init, init_iters=init_iters,
                 dead_code_threshold=dead_code_threshold, usage_decay=usage_decay,
+                gradient=gradient, collapse_threshold=collapse_threshold,
             )
             for _ in range(num_quantizers)
         )
+        self.gradient = gradient
 
     def needs_data_init(self) -> bool:
         return any(s.needs_data_init() for s in self.stages)
@@ -488,10 +557,10 @@ class ResidualVectorQuantizer(Bottleneck):
             for name, value in mi.items():
                 metrics[f"{name}_{i}"] = value
         S = len(self.stages)
-        for name in ("perplexity", "dead_fraction"):
+        for name in ("perplexity", "usage_perplexity", "dead_fraction"):
             metrics[name] = torch.stack([metrics[f"{name}_{i}"] for i in range(S)]).mean()
         metrics["residual_mse"] = residual.detach().pow(2).mean()
-        z = h + (total - h).detach()
+        z = rotate_to(h, total) if self.gradient == "rotation" else straight_through(h, total)
         return BottleneckOutput(z=z, losses=losses, codes=torch.stack(codes, 1), metrics=metrics)
 
     def units(self) -> Units:
@@ -613,3 +682,165 @@ class FiniteScalarQuantizer(Bottleneck):
         half_width = torch.div(self._levels, 2, rounding_mode="floor")
         digits = (codes.unsqueeze(-1) // self._basis) % self._levels.long()
         return (digits - half_width) / half_width
+
+
+# --------------------------------------------------------------------------- LFQ
+#: the largest LFQ codebook whose usage entropy is computed exactly (above: per-bit bound)
+LFQ_EXACT_ENTROPY_BITS = 12
+
+
+class LookupFreeQuantizer(Bottleneck):
+    """Lookup-free quantisation (LFQ; Yu et al., 2023, "Language Model Beats Diffusion").
+
+    ``h`` ``(batch, in_features)`` is projected to ``code_dim`` scalars ``u``; each is replaced by
+    its sign (``±1``, straight-through gradient), so the implicit codebook is ``{-1, 1} **
+    code_dim`` — ``2 ** code_dim`` codes, no lookup and no codebook to learn; the ``±1`` vector is
+    projected back to ``out_features``. The code of a vector is ``sum_i [u_i > 0] 2**i``.
+
+    Losses (unweighted; weight them with the model's ``loss_weights``):
+
+    * ``"entropy"`` = ``H[p(c | u)]`` averaged over the batch ``- diversity_weight * H[mean p(c | u)]``,
+      with ``p(c | u) ∝ exp(2 u·c / temperature)``: the first term makes every vector confident
+      of its code, the second spreads the batch over the whole codebook. ``p`` factorises over
+      the bits, so the per-sample entropy is a sum of ``code_dim`` binary entropies; the
+      codebook entropy is exact up to ``2 ** 12`` codes (one ``(batch, 2 ** code_dim)`` matmul)
+      and above that the sum of the per-bit entropies of the batch (an upper bound).
+    * ``"commitment"`` = ``mean (u - sign(u))²``.
+
+    Metrics: ``perplexity`` (this batch), ``usage_perplexity`` (running usage),
+    ``dead_fraction`` (codes unused in the last ``dead_window`` training batches),
+    ``sample_entropy`` and ``codebook_entropy`` (nats); the collapse warning as in
+    :class:`VectorQuantizer`.
+
+    Units: the ``2 ** code_dim`` codes; suppressed codes are replaced by the allowed code of
+    largest ``u·c`` (the nearest one).
+
+    Args:
+        in_features: width of the input features.
+        code_dim: number of bits ``d`` (``1 <= d <= 16``; ``2 ** d`` codes).
+        out_features: width of ``z`` (default ``in_features``).
+        temperature: temperature of ``p(c | u)`` in the entropy loss.
+        diversity_weight: weight of the codebook entropy inside ``"entropy"``.
+        usage_decay, dead_window, collapse_threshold: as in :class:`VectorQuantizer`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        code_dim: int = 10,
+        out_features: int | None = None,
+        temperature: float = 0.01,
+        diversity_weight: float = 1.0,
+        usage_decay: float = 0.99,
+        dead_window: int = 100,
+        collapse_threshold: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        if not 1 <= code_dim <= 16:
+            raise ValueError(
+                f"code_dim must lie in [1, 16] (2 ** code_dim codes, each a unit), got {code_dim}"
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 < usage_decay < 1.0:
+            raise ValueError(f"usage_decay must lie in (0, 1), got {usage_decay}")
+        if not 0.0 <= collapse_threshold < 1.0:
+            raise ValueError(f"collapse_threshold must lie in [0, 1), got {collapse_threshold}")
+        self.in_features = in_features
+        self.out_features = out_features or in_features
+        self.code_dim = code_dim
+        self.codebook_size = 2**code_dim
+        self.temperature = temperature
+        self.diversity_weight = diversity_weight
+        self.usage_decay = usage_decay
+        self.dead_window = dead_window
+        self.collapse_threshold = collapse_threshold
+        self.project_in = nn.Linear(in_features, code_dim)
+        self.project_out = nn.Linear(code_dim, self.out_features)
+        self.register_buffer("_basis", 2 ** torch.arange(code_dim), persistent=False)
+        self.register_buffer("blocked", torch.zeros(self.codebook_size, dtype=torch.bool))
+        self.register_buffer("usage", torch.zeros(1, self.codebook_size))
+        self.register_buffer("last_used", torch.zeros(1, self.codebook_size, dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def codes_to_bits(self, codes: Tensor) -> Tensor:
+        """Code indices ``(n,)`` → their ``±1`` vectors ``(n, code_dim)``."""
+        return ((codes.unsqueeze(-1) // self._basis) % 2).float() * 2 - 1
+
+    def entropies(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean per-sample entropy and codebook entropy (nats) of ``p(c | u)`` for ``u`` ``(n, d)``."""
+        s = 4 * u.float() / self.temperature  # logit of bit i being +1
+        sp_pos, sp_neg = F.softplus(s), F.softplus(-s)
+        p = torch.sigmoid(s)
+        sample = (p * sp_neg + (1 - p) * sp_pos).sum(-1).mean()
+        if self.code_dim <= LFQ_EXACT_ENTROPY_BITS:
+            # log p(c | u) = -sum_i (softplus(s_i) + softplus(-s_i)) / 2 + (s / 2)·c
+            grid = self.codes_to_bits(torch.arange(self.codebook_size, device=u.device))
+            log_p = torch.addmm(-(sp_pos + sp_neg).sum(-1, keepdim=True) / 2, s / 2, grid.t())
+            # clamped: exp of very negative values lands in float32's subnormal range, which
+            # costs ~20x per element on CPUs; what is clamped adds below 1e-34 per code
+            mean_p = log_p.clamp_min(-80.0).exp().mean(0)
+            codebook = -(mean_p * mean_p.clamp_min(1e-12).log()).sum()
+        else:
+            q = p.mean(0).clamp(1e-6, 1 - 1e-6)
+            codebook = -(q * q.log() + (1 - q) * (1 - q).log()).sum()
+        return sample, codebook
+
+    def forward(
+        self, h: Tensor, concepts: Tensor | None = None, intervention_mask: Tensor | None = None
+    ) -> BottleneckOutput:
+        """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, 1)``."""
+        self.check_input(h)
+        u = self.project_in(h)
+        if bool(self.blocked.any()):
+            grid = self.codes_to_bits(torch.arange(self.codebook_size, device=u.device))
+            codes = (u.detach() @ grid.t()).masked_fill_(self.blocked, float("-inf")).argmax(-1)
+            q = grid[codes].to(u.dtype)
+        else:
+            positive = u.detach() > 0
+            codes = (positive.long() * self._basis).sum(-1)
+            q = torch.where(positive, 1.0, -1.0).to(u.dtype)
+        sample, codebook = self.entropies(u)
+        losses = {
+            "entropy": sample - self.diversity_weight * codebook,
+            "commitment": F.mse_loss(u, q),
+        }
+        counts = torch.bincount(codes, minlength=self.codebook_size).unsqueeze(0).to(u.dtype)
+        if self.training:
+            with torch.no_grad():
+                self.steps += 1
+                self.usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
+                self.last_used.masked_fill_(counts > 0, int(self.steps))
+        dead = dead_fraction(self.last_used, self.steps, self.dead_window)
+        metrics = {
+            "perplexity": perplexity(counts),
+            "usage_perplexity": perplexity(self.usage),
+            "dead_fraction": dead,
+            "sample_entropy": sample.detach(),
+            "codebook_entropy": codebook.detach(),
+        }
+        if self.training and self.collapse_threshold > 0 and int(self.steps) >= self.dead_window:
+            warn_collapse(self, 1.0 - float(dead), self.collapse_threshold, f"{self.codebook_size} codes",
+                          "Raise the weight of the 'entropy' loss or its diversity_weight")
+        return BottleneckOutput(
+            z=self.project_out(straight_through(u, q)), losses=losses, codes=codes.unsqueeze(1), metrics=metrics
+        )
+
+    def units(self) -> Units:
+        """The implicit codebook's ``2 ** code_dim`` codes."""
+        return Units("code", tuple(f"code{k}" for k in range(self.codebook_size)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        return one_hot_units(out.codes, self.codebook_size)
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (codebook_size,)}`` — codes replaced by the nearest allowed one."""
+        return {"suppressed": self.blocked.clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"]
+        if bool(g.all()):
+            raise ValueError("cannot suppress every code of the implicit codebook")
+        self.blocked.copy_(g)

@@ -78,8 +78,10 @@ class BottleneckModel(L.LightningModule):
             computed once at fit start and kept in the checkpoint. None (default): yes,
             unless the bottleneck reads the encoder's own coordinates
             (``bottleneck.feature_space == "encoder"``: concept banks), where True is an error.
-        optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
-        lr, weight_decay, momentum: optimiser settings.
+        optimizer: ``"adamw"``, ``"adam"``, ``"sgd"`` or ``"muon"`` (Muon for the weight
+            matrices of ``nn.Linear`` layers except the head's output layer, AdamW for the rest:
+            :class:`~bottlenecks.models.optimizers.MuonAdamW`).
+        lr, weight_decay, momentum: optimiser settings (``momentum``: SGD's and Muon's).
         lr_schedule: ``"cosine"`` (over the run's total steps), ``"constant"``, or
             ``"cooldown"``: constant, then linear to 0 over the last 20% of the steps.
         warmup_fraction: fraction of the run's total steps over which the learning rate
@@ -114,7 +116,7 @@ class BottleneckModel(L.LightningModule):
         task_loss_weight: float = 1.0,
         loss_weights: dict[str, float] | None = None,
         standardize_features: bool | None = None,
-        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
+        optimizer: Literal["adamw", "adam", "sgd", "muon"] = "adamw",
         lr: float | None = None,
         weight_decay: float | None = None,
         momentum: float = 0.9,
@@ -605,8 +607,14 @@ class BottleneckModel(L.LightningModule):
             opt = torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "muon":
+            from bottlenecks.models.optimizers import MuonAdamW, muon_matrices, split_for_muon
+
+            groups = params if special else [{"params": params}]
+            opt = MuonAdamW(split_for_muon(groups, muon_matrices(self, self.head)), lr=lr,
+                            weight_decay=hp.weight_decay, momentum=hp.momentum)
         else:
-            raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {hp.optimizer!r}")
+            raise ValueError(f"optimizer must be 'adamw', 'adam', 'sgd' or 'muon', got {hp.optimizer!r}")
         warmup = float(hp.get("warmup_fraction") or 0.0)
         if hp.lr_schedule == "constant" and warmup == 0:
             return opt
