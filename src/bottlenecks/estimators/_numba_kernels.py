@@ -808,7 +808,7 @@ class KDTree:
     per leaf); queries run on ``threads`` numba threads (``prange`` over blocks of queries).
     """
 
-    def __init__(self, p: np.ndarray, leaf_size: int = 16) -> None:
+    def __init__(self, p: np.ndarray, leaf_size: int = 8) -> None:
         p = np.ascontiguousarray(p, dtype=np.float64)
         if p.ndim != 2 or p.shape[0] == 0:
             raise ValueError(f"KDTree needs a non-empty (n, d) array, got shape {p.shape}")
