@@ -36,6 +36,9 @@ class MIResult:
             (:func:`~bottlenecks.estimators.confidence_interval`), else None.
         std: standard deviation over resamples / repeated runs, when computed.
         details: estimator-specific diagnostics (bandwidths, bin counts, training curve, ...).
+        method, settings, reason: set by :func:`~bottlenecks.estimators.estimate_mi` — the
+            method name it ran (``"ksg"``, ``"gaussian_copula"``, ...), that method's settings and
+            a one-line reason for the choice.
 
     ``float(result)`` gives ``value``; ``result.to("bits")`` converts.
     """
@@ -48,6 +51,9 @@ class MIResult:
     ci_high: float | None = None
     std: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    method: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
 
     def __float__(self) -> float:
         return float(self.value)
