@@ -692,20 +692,22 @@ if _HAVE_NUMBA:
     # (every ``block``-th rank) plus at most 2 * block single-bit fix-ups. O(n^2 d / 64) words
     # in all: for n up to a few 1e5 this beats any tree when the boxes hold many points.
 
-    @njit(cache=True)
-    def _prefix_bitsets(order, block):
-        n = order.shape[0]
+    @njit(cache=True, parallel=True)
+    def _prefix_bitsets(orders, block):
+        # prefs[c, b] = bitset of the samples whose rank in coordinate c is < b * block
+        d, n = orders.shape
         w = (n + 63) // 64
-        pref = np.zeros((n // block + 1, w), np.uint64)
-        cur = np.zeros(w, np.uint64)
+        pref = np.zeros((d, n // block + 1, w), np.uint64)
         one = np.uint64(1)
-        for r in range(n):
-            if r % block == 0:
-                pref[r // block, :] = cur
-            i = order[r]
-            cur[i >> 6] |= one << np.uint64(i & 63)
-        if n % block == 0:
-            pref[n // block, :] = cur
+        for c in prange(d):
+            cur = np.zeros(w, np.uint64)
+            for r in range(n):
+                if r % block == 0:
+                    pref[c, r // block, :] = cur
+                i = orders[c, r]
+                cur[i >> 6] |= one << np.uint64(i & 63)
+            if n % block == 0:
+                pref[c, n // block, :] = cur
         return pref
 
     @njit(cache=True, inline="always")
@@ -864,10 +866,10 @@ def count_bitset(p: np.ndarray, t: np.ndarray, threads: int = 1, block: int | No
     block = bitset_block(n, d) if block is None else int(block)
     orders = np.ascontiguousarray(np.argsort(p, axis=0, kind="stable").T)
     sorted_vals = np.ascontiguousarray(np.take_along_axis(p, orders.T, 0).T)
-    prefs = np.stack([_prefix_bitsets(orders[j], block) for j in range(d)])
     old = numba.get_num_threads()
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     try:
+        prefs = _prefix_bitsets(orders, block)
         return _bitset_count(sorted_vals, orders, prefs, p, np.ascontiguousarray(t, dtype=np.float64), block, 64)
     finally:
         numba.set_num_threads(old)

@@ -150,7 +150,7 @@ def estimate_mi(
     *,
     units: Units = "nats",
     seed: int = 0,
-    k: int = 3,
+    k: int | None = None,
     max_knn_dim: int = 20,
     **options: Any,
 ) -> MIResult:
@@ -163,7 +163,7 @@ def estimate_mi(
             ``"gaussian_copula"``, ``"kernel"``, ``"renyi"``, ``"neural"``, ``"noisy"``).
         units: ``"nats"`` or ``"bits"``.
         seed: seed of the tie-breaking in the normal scores and of KSG's jitter (auto).
-        k: neighbours of the k-NN estimators auto runs.
+        k: neighbours of the k-NN estimators (auto: 3; with a named method, passed on as ``k``).
         max_knn_dim: auto skips KSG above this joint dimension.
         **options: constructor options of the named estimator (not accepted with ``"auto"``).
 
@@ -172,6 +172,8 @@ def estimate_mi(
     """
     check_units(units)
     if method != "auto":
+        if k is not None:
+            options["k"] = k
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected 'auto' or one of {sorted(METHODS)}")
         if method == "gaussian_copula":
@@ -184,7 +186,7 @@ def estimate_mi(
         return MIResult(**{**res.__dict__, "method": method, "settings": dict(options), "reason": "requested by name"})
     if options:
         raise ValueError(f"method='auto' chooses its own settings; got options {sorted(options)} (name a method to pass them)")
-    return _auto(x, y, units, seed, int(k), int(max_knn_dim))
+    return _auto(x, y, units, seed, 3 if k is None else int(k), int(max_knn_dim))
 
 
 def _result(value_nats: float, units: Units, n: int, method: str, settings: dict, reason: str, details: dict) -> MIResult:
@@ -203,6 +205,9 @@ def _auto(x: ArrayLike, y: ArrayLike, units: Units, seed: int, k: int, max_knn_d
     n = check_lengths(x=xt, y=yt)
     if n < 2 * k + 2:
         raise ValueError(f"estimate_mi needs at least {2 * k + 2} samples for k={k}, got {n}")
+    for name, t in (("x", xt), ("y", yt)):
+        if len(constant_columns(t)) == t.shape[1]:
+            return _result(0.0, units, n, "constant", {}, f"{name} is constant (one distinct value): no information", {})
     dx_disc, why_x = _discrete(xr, n)
     dy_disc, why_y = _discrete(yr, n)
     if dx_disc and dy_disc:
