@@ -485,7 +485,7 @@ if _HAVE_NUMBA:
                 while top > 0:
                     top -= 1
                     m = stack[top]
-                    if sgap[top] >= 0.5 * bd[k]:
+                    if sgap[top] >= bd[k]:
                         continue
                     if left[m] < 0:
                         for j in range(start[m], end[m]):
