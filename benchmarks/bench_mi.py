@@ -7,17 +7,20 @@ Prints three tables:
 
 1. KSG on 1-D pairs against scikit-learn's ``mutual_info_regression`` (same k, same
    random_state: the values must agree to 1e-6);
-2. KSG on multivariate pairs against a plain scipy ``cKDTree`` implementation
-   (joint k-NN query + ``query_ball_point(return_length=True)`` in each marginal), on the
-   same jittered data, values compared; both single-threaded, plus ours with ``workers=2``
-   (the joint KD-tree query on two threads);
+2. KSG on multivariate pairs (2+2 and 5+5 dimensions) against a plain scipy ``cKDTree``
+   implementation (joint k-NN query + ``query_ball_point(return_length=True)`` in each
+   marginal), on the same jittered data, values compared; the reference on one thread, ours
+   with ``workers=1`` and ``workers=2`` (numba threads);
 3. peak resident memory and time of the Gram-matrix estimators (CS-QMI, matrix Rényi-2) at
    n = 20k, measured in a fresh subprocess each (Linux: the peak-RSS counter is reset after
    imports and data, so the figure is the estimator's own peak).
 
-Timings are the minimum over ``--repeats`` runs, interleaving the two implementations
-(the machine may be shared: minima are the least noisy statistic). numba's one-off JIT
+Timings are medians over ``--repeats`` runs, interleaving the implementations in the same
+process (the machine may be shared: the ratio is what matters). numba's one-off JIT
 compilation happens in a warm-up call that is not timed; its cost is printed separately.
+
+``rows(quick)`` gives the KSG rows in the benchmark-table convention of
+``benchmarks/run_all.py`` (the 1-D and multivariate comparisons above).
 """
 
 from __future__ import annotations
@@ -46,23 +49,25 @@ def ksg_scipy_plain(x: np.ndarray, y: np.ndarray, k: int) -> float:
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
+    """Median seconds of ``repeats`` calls, and the last result."""
+    ts, out = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), out
 
 
 def interleaved(fa, fb, repeats: int) -> tuple[float, float, object, object]:
-    ta = tb = float("inf")
+    """Median seconds of ``fa`` and ``fb`` called alternately ``repeats`` times each."""
+    ta, tb = [], []
     a = b = None
     for _ in range(repeats):
         t, a = timed(fa, 1)
-        ta = min(ta, t)
+        ta.append(t)
         t, b = timed(fb, 1)
-        tb = min(tb, t)
-    return ta, tb, a, b
+        tb.append(t)
+    return float(np.median(ta)), float(np.median(tb)), a, b
 
 
 def bench_1d(sizes: list[int], repeats: int, k: int = 3) -> list[dict]:
@@ -103,15 +108,44 @@ def bench_multi(sizes: list[int], dims: list[int], repeats: int, k: int = 3) -> 
             x = x + 1e-10 * rng.standard_normal(x.shape)
             y = y + 1e-10 * rng.standard_normal(y.shape)
             est = KSG(k=k, standardize=False, noise=0.0)
+            est2 = KSG(k=k, standardize=False, noise=0.0, workers=2)
             reps = repeats if n <= 20000 else max(1, repeats // 2)
-            t_plain, t_ours, v_plain, v_ours = interleaved(
-                lambda: ksg_scipy_plain(x, y, k), lambda: est.estimate(x, y).value, reps
-            )
-            t_par, _ = timed(lambda: KSG(k=k, standardize=False, noise=0.0, workers=2).estimate(x, y).value, reps)
-            rows.append(dict(dim=f"{d}+{d}", n=n, scipy_plain_s=t_plain, ours_s=t_ours, speedup=t_plain / t_ours,
-                             ours_workers2_s=t_par, speedup_workers2=t_plain / t_par,
-                             scipy_plain=v_plain, ours=v_ours, abs_diff=abs(v_plain - v_ours)))
+            t_plain, t_ours, t_par = [], [], []
+            for _ in range(reps):  # the three interleaved, so load changes hit them alike
+                t, v_plain = timed(lambda: ksg_scipy_plain(x, y, k), 1)
+                t_plain.append(t)
+                t, v_ours = timed(lambda: est.estimate(x, y).value, 1)
+                t_ours.append(t)
+                t, v_par = timed(lambda: est2.estimate(x, y).value, 1)
+                t_par.append(t)
+            tp, to, t2 = (float(np.median(v)) for v in (t_plain, t_ours, t_par))
+            rows.append(dict(dim=f"{d}+{d}", n=n, scipy_plain_s=tp, ours_s=to, speedup=tp / to,
+                             ours_workers2_s=t2, speedup_workers2=tp / t2,
+                             scipy_plain=v_plain, ours=v_ours, abs_diff=abs(v_plain - v_ours),
+                             abs_diff_workers2=abs(v_plain - v_par)))
     return rows
+
+
+def rows(quick: bool = False) -> list[dict]:
+    """KSG rows for ``benchmarks/run_all.py``: 1-D vs scikit-learn, 5+5 vs plain scipy cKDTree."""
+    from bottlenecks.estimators import KSG
+
+    KSG().estimate(np.arange(50.0), np.arange(50.0) ** 2)  # numba JIT / cache load, not timed
+    KSG().estimate(np.random.rand(50, 5), np.random.rand(50, 5))
+    sizes = [2000] if quick else [10_000, 100_000]
+    repeats = 1 if quick else 3
+    out = []
+    for r in bench_1d(sizes, repeats):
+        out.append(dict(operation="KSG-1 MI, 1+1 dims", size=f"n={r['n']}, k=3", ours="KSG (numba grid + galloping counts)",
+                        ours_s=r["ours_s"], reference="sklearn mutual_info_regression", reference_s=r["sklearn_s"],
+                        peak_mb=None, note=f"|ours - ref| = {r['abs_diff']:.1e} nats"))
+    for r in bench_multi(sizes, [5], repeats):
+        for label, key, dkey in (("1 thread", "ours_s", "abs_diff"), ("2 threads", "ours_workers2_s", "abs_diff_workers2")):
+            out.append(dict(operation=f"KSG-1 MI, {r['dim']} dims", size=f"n={r['n']}, k=3",
+                            ours=f"KSG (numba KD-tree k-NN + bitset counts, {label})", ours_s=r[key],
+                            reference="scipy cKDTree KSG (1 thread)", reference_s=r["scipy_plain_s"], peak_mb=None,
+                            note=f"|ours - ref| = {r[dkey]:.1e} nats"))
+    return out
 
 
 _MEM_CHILD = r"""

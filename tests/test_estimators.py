@@ -74,6 +74,46 @@ def test_neighbour_kernels_match_kdtree_with_ties():
     assert np.array_equal(nbr.count_within(p[:, :1], t), nbr.count_kdtree(p[:, :1], t))
 
 
+@pytest.mark.parametrize("d", [3, 5])
+def test_kdtree_knn_and_box_counts_match_scipy_sklearn_in_more_dimensions(d):
+    """The numba KD-tree k-NN and the bitset / dual-tree box counts (>2-D) reproduce scipy's
+    cKDTree and scikit-learn's counts exactly, with ties, zero thresholds and two threads."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(d)
+    p = np.round(rng.standard_normal((1500, d)), 1)  # many exact ties
+    ref, _ = cKDTree(p).query(p, k=5, p=np.inf)
+    for threads in (1, 2):
+        eps, idx = nbk.KDTree(p, leaf_size=4).knn(4, threads=threads)
+        assert np.array_equal(eps, ref[:, 4])
+        assert np.all(np.abs(p[idx] - p[:, None, :]).max(-1).max(1) <= eps)
+    t = np.abs(rng.standard_normal(1500)) * 0.8
+    t[:20] = 0.0
+    ref_counts = nbr.count_kdtree(p, t)
+    assert np.array_equal(nbr.count_within(p, t), ref_counts)  # bitsets
+    assert np.array_equal(nbk.count_bitset(p, t, threads=2, block=256), ref_counts)  # wider prefix stride
+    assert np.array_equal(nbk.KDTree(p, leaf_size=4).count(t, threads=2), ref_counts)  # dual tree
+
+
+def test_ksg_multivariate_equals_scipy_reference():
+    """KSG-1 in 3+3 dimensions equals the textbook cKDTree implementation to rounding."""
+    from scipy.spatial import cKDTree
+    from scipy.special import digamma
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 3))
+    y = 0.5 * x + rng.standard_normal((2000, 3))
+    xy = np.hstack([x, y])
+    d, _ = cKDTree(xy).query(xy, k=4, p=np.inf)
+    r = np.nextafter(d[:, -1], 0)
+    nx = cKDTree(x).query_ball_point(x, r, p=np.inf, return_length=True) - 1.0
+    ny = cKDTree(y).query_ball_point(y, r, p=np.inf, return_length=True) - 1.0
+    ref = digamma(2000) + digamma(3) - np.mean(digamma(nx + 1)) - np.mean(digamma(ny + 1))
+    ours = KSG(k=3, standardize=False, noise=0.0).estimate(x, y).value
+    assert ours == pytest.approx(ref, abs=1e-12)
+    assert KSG(k=3, standardize=False, noise=0.0, workers=2).estimate(x, y).value == pytest.approx(ref, abs=1e-12)
+
+
 # ------------------------------------------------------------------ KSG behaviour
 
 

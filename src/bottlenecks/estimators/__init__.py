@@ -1,5 +1,8 @@
 """Mutual-information and entropy estimators.
 
+:func:`estimate_mi` ``(x, y, method="auto")`` runs a named estimator or chooses one from the
+data and says which and why (``result.method``, ``.settings``, ``.reason``).
+
 Every estimator is a class with one verb, ``estimate(x, y, z=None) -> MIResult`` (also
 ``estimator(x, y)``), values in nats unless built with ``units="bits"``. See
 ``docs/information.md`` for which to use when.
@@ -20,6 +23,7 @@ estimator                   what it is for                                      
 """
 
 from bottlenecks.estimators._base import MIEstimator, MIResult
+from bottlenecks.estimators.auto import METHODS, AutoMI, estimate_mi, normal_scores
 from bottlenecks.estimators.binning import BinningMI, Discretizer, entropy_of_symbols
 from bottlenecks.estimators.gaussian import GaussianMI
 from bottlenecks.estimators.kernel import (
@@ -37,6 +41,10 @@ from bottlenecks.estimators.noisy import NoisyCompressedMI, pca_reduce
 from bottlenecks.estimators.resampling import confidence_interval
 
 __all__ = [
+    "estimate_mi",
+    "METHODS",
+    "AutoMI",
+    "normal_scores",
     "MIEstimator",
     "MIResult",
     "KSG",

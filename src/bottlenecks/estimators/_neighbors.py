@@ -15,14 +15,21 @@ numpy/torch or compiled by numba when numba is installed, with a numpy/scipy fal
 * **2-D counts** — a *wavelet matrix* over the rank sequence of the second coordinate in the
   order of the first: each box count is four rank queries of ``O(log n)`` vectorised steps.
   ``O(n log n)`` total, independent of how many points fall inside the boxes.
-* **>2-D counts** — a KD-tree that counts whole nodes lying inside the box
-  (scikit-learn's ``KDTree.query_radius(count_only=True)``).
+* **>2-D counts** — with numba, up to ``BITSET_MAX_N`` samples: the box is, in each
+  coordinate, a run of consecutive ranks (two binary searches); the count is the popcount of
+  the AND of those runs as bitsets over sample ids, each run the XOR of two precomputed prefix
+  bitsets plus a few single-bit fix-ups (``O(n^2 d / 64)`` word operations in all, no
+  dependence on how many samples fall in the boxes). Above that, a numba KD-tree counting
+  whole nodes inside the box; without numba, scikit-learn's
+  ``KDTree.query_radius(count_only=True)``.
 * **2-D k-NN** — an equal-mass grid (cell edges at the quantiles of each coordinate, about
   two samples per cell) searched ring by ring around each sample; the search stops when the
   k-th distance found is no larger than the distance to everything outside the rings
   examined, so the result is exact. Expected ``O(n log n)`` (the sort), a few dozen distance
   evaluations per sample. Needs numba; without it, scipy's ``cKDTree``.
-* **>2-D k-NN** — scipy's ``cKDTree.query`` with ``p=inf``.
+* **>2-D k-NN** — a numba KD-tree (median splits on the widest coordinate, queries in tree
+  order so consecutive queries share nodes, blocks of queries on ``threads`` numba threads);
+  without numba, scipy's ``cKDTree.query`` with ``p=inf``.
 * **torch backend** — chunked brute force (``O(n^2)`` work, ``O(chunk * n)`` memory) for
   GPUs, where it is the fastest option.
 """
@@ -165,12 +172,18 @@ def count_kdtree(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(t > 0, counts, 0).astype(np.int64)
 
 
-def count_within(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+#: above this many samples the >2-D counts use the numba KD-tree instead of bitsets
+#: (the bitset count costs O(n^2 d / 64) word operations, the tree O(n (log n + count)))
+BITSET_MAX_N = 300_000
+
+
+def count_within(p: np.ndarray, t: np.ndarray, threads: int = 1) -> np.ndarray:
     """Number of samples j (self included) with Chebyshev distance ``< t_i`` to sample i.
 
     Args:
         p: ``(n, d)`` float64 points.
         t: ``(n,)`` strict thresholds.
+        threads: numba threads for the >2-D counts.
     """
     d = p.shape[1]
     if d == 1:
@@ -181,6 +194,10 @@ def count_within(p: np.ndarray, t: np.ndarray) -> np.ndarray:
         if _nb.available():
             return _nb.count_2d(np.ascontiguousarray(p[:, 0]), np.ascontiguousarray(p[:, 1]), t)
         return count_2d(p, t)
+    if _nb.available():
+        if p.shape[0] <= BITSET_MAX_N:
+            return _nb.count_bitset(p, t, threads=threads)
+        return _nb.KDTree(p).count(t, threads=threads)
     return count_kdtree(p, t)
 
 
@@ -223,6 +240,8 @@ def knn_chebyshev(p: np.ndarray, k: int, workers: int = 1) -> tuple[np.ndarray, 
         eps[order] = e_sorted
         idx[order] = i_sorted
         return eps, idx
+    if _nb.available():
+        return _nb.KDTree(p).knn(k, threads=workers)
     tree = cKDTree(p)
     dist, idx = tree.query(p, k=k + 1, p=np.inf, workers=workers)
     return dist[:, k], idx

@@ -80,7 +80,8 @@ class KSG(MIEstimator):
         constant: ``"raise"`` on constant columns, or ``"drop"`` them.
         backend: ``"auto"`` (neighbour search on CPU with numba/scipy, or chunked torch brute
             force when the input is on a GPU), ``"cpu"`` or ``"torch"``.
-        workers: threads for scipy's KD-tree queries (joint dimension > 2).
+        workers: threads for the neighbour searches in more than two dimensions (numba threads;
+            scipy's when numba is missing).
         units: ``"nats"`` or ``"bits"``.
 
     Example:
@@ -148,7 +149,7 @@ class KSG(MIEstimator):
     def _count(self, p: np.ndarray, t: np.ndarray, use_torch: bool, device: torch.device) -> np.ndarray:
         if use_torch and p.shape[1] > 1:
             return nb.count_within_torch(torch.as_tensor(p, device=device), torch.as_tensor(t, device=device)).cpu().numpy()
-        return nb.count_within(p, t)
+        return nb.count_within(p, t, threads=self.workers)
 
     # ---------------------------------------------------------------- estimate
     def _check_n(self, n: int) -> None:

@@ -172,7 +172,7 @@ class CSIBBottleneck(Bottleneck):
         noise_std: float = 0.0,
         sigma_x: BandwidthRule | float = "median",
         sigma_t: BandwidthRule | float = "median",
-        sigma_y: BandwidthRule | float = "silverman",
+        sigma_y: BandwidthRule | float = "output",
         sigma_cond: BandwidthRule | float = "silverman",
     ) -> None:
         super().__init__()
