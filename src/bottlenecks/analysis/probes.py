@@ -256,11 +256,14 @@ def fit_linear(
     """
     if kind not in ("multiclass", "binary", "regression"):
         raise ValueError(f"kind must be 'multiclass', 'binary' or 'regression', got {kind!r}")
-    x = _t(x).float()
     shape = tuple(y.shape) if torch.is_tensor(y) else np.shape(y)
     outputs = int(n_classes or 0) if kind == "multiclass" else (shape[1] if kind == "binary" and len(shape) == 2 else 1)
-    with _threads(x.numel() * max(outputs, 2)):
-        return _fit_linear(x, y, kind, x_val, y_val, Cs, folds, cv_max_rows, n_classes, max_iter, seed)
+    # callers may sit inside Lightning's test loop (inference mode): the fits need autograd, and
+    # tensors made here (copies, not inference tensors) can be saved for backward
+    with torch.inference_mode(False), torch.enable_grad():
+        x = _t(x).float()
+        with _threads(x.numel() * max(outputs, 2)):
+            return _fit_linear(x, y, kind, x_val, y_val, Cs, folds, cv_max_rows, n_classes, max_iter, seed)
 
 
 def _fit_linear(x, y, kind, x_val, y_val, Cs, folds, cv_max_rows, n_classes, max_iter, seed) -> LinearFit:  # noqa: ANN001
@@ -359,6 +362,11 @@ def linear_probe(
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    with torch.inference_mode(False), torch.enable_grad():
+        return _linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, task, Cs, max_iter, folds, cv_max_rows)
+
+
+def _linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, task, Cs, max_iter, folds, cv_max_rows) -> ProbeResult:  # noqa: ANN001
     xs = [_t(x).float() for x in (x_train, x_val, x_test)]
     for name, x in zip(("x_val", "x_test"), xs[1:]):
         if x.shape[1] != xs[0].shape[1]:

@@ -423,6 +423,9 @@ class CBMTrainingMode(TrainingStages):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.exact_fit_summary = dict(state_dict.get("exact_fit") or {})
 
+    def _label(self, stage: Stage) -> str:
+        return f"{self.mode} CBM training (stage {stage.name!r})"
+
 
 # ------------------------------------------------------------------ exact fits
 def exact_parts(model: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
@@ -529,6 +532,3 @@ def fit_cbm_exactly(
     finally:
         model.train(was)
     return summary
-
-    def _label(self, stage: Stage) -> str:
-        return f"{self.mode} CBM training (stage {stage.name!r})"
