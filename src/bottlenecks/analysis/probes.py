@@ -275,6 +275,14 @@ def _held_out_loss(kind: Kind, w: Tensor, x: Tensor, y: Tensor, held: Tensor) ->
     return torch.as_tensor(total) / len(x)
 
 
+def _past_the_minimum(losses: list[Tensor]) -> bool:
+    """The held-out loss rose at each of the last two grid steps (in every column)."""
+    if len(losses) < 3:
+        return False
+    a, b, c = losses[-3], losses[-2], losses[-1]
+    return bool(((b > a) & (c > b)).all())
+
+
 def _folds(n: int, folds: int, seed: int) -> list[Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return [perm[i::folds] for i in range(folds)]
@@ -359,7 +367,11 @@ def _fit_linear(x, y, kind, x_val, y_val, Cs, folds, cv_max_rows, n_classes, max
         for C in Cs:  # strongest regularisation first, each warm-started from the previous C
             warm = _fit_folds(kind, x_all, y_all, C, train_rows, warm, n_classes, max_iter)
             per_C.append(_held_out_loss(kind, warm, x_all, y_all, ~train_rows))
+            if _past_the_minimum(per_C):
+                break  # weaker regularisation only overfits more, and its fits are the slow ones
         losses = torch.stack(per_C)
+        if len(per_C) < len(Cs):
+            Cs = Cs[: len(per_C)]
         selection = f"{k}-fold CV on {n} rows"
     else:
         fit_x, fit_y = x, y
