@@ -385,7 +385,8 @@ def _fit_linear(x, y, kind, x_val, y_val, Cs, folds, cv_max_rows, n_classes, max
     best = losses.argmin(0)
     grid = torch.tensor(Cs)
     if kind == "binary":
-        C_chosen: float | list[float] = grid[best].tolist() if best.dim() else [Cs[int(best)]] * y_all.shape[1]
+        C_chosen: float | list[float] = ([Cs[i] for i in best.tolist()] if best.dim()
+                                         else [Cs[int(best)]] * y_all.shape[1])
         C_fit: float | Tensor = grid[best] if best.dim() else Cs[int(best)]
     else:
         C_chosen = C_fit = Cs[int(best)]
