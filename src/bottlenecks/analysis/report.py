@@ -1,4 +1,5 @@
-"""End-of-run report: concept and task metrics next to a black-box linear probe."""
+"""End-of-run report: concept and task metrics next to a black-box linear probe and a
+scikit-learn reference column."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+
+from bottlenecks.analysis.probes import SKLEARN_REFERENCE_MAX_CELLS
+from bottlenecks.models.stages import CBMTrainingMode
 
 
 def _float(v: Any) -> float:
@@ -39,6 +43,15 @@ class RunReport(Callback):
     metric and the same task metric for a linear probe on the same features, and
     writes it all to ``<run dir>/metrics.json``.
 
+    Next to the framework's numbers stands a **scikit-learn reference column**
+    (:func:`~bottlenecks.analysis.probes.sklearn_reference`: ``LogisticRegression`` as the
+    probe and as a sequential CBM, on the same features, fitted on the same train +
+    validation rows, scored on the same test rows), so a run shows at once whether it
+    beats the obvious baseline; it is skipped above ``reference_max_cells`` (rows ×
+    features) with a note. For concept models the report also gives the task metric with
+    every true concept given (an intervention on all of them), and which regularisation
+    strengths the exact fits and the probe chose, and how (k-fold CV or the validation split).
+
     With ``curves`` (default), the run's training curves (``metrics.csv``, one panel per
     metric, train and val together) are drawn to ``<run dir>/curves.png`` as well;
     ``bottlenecks report RUN_DIR`` shows them with everything else.
@@ -47,12 +60,17 @@ class RunReport(Callback):
         linear_probe: fit the black-box probe (needs a datamodule with feature splits).
         probe_max_train: at most this many training rows for the probe (random subset).
         curves: draw ``curves.png`` from the run's ``metrics.csv`` (when there is one).
+        sklearn_reference: add the scikit-learn reference column.
+        reference_max_cells: skip it above this many training rows × features.
     """
 
-    def __init__(self, linear_probe: bool = True, probe_max_train: int = 20000, curves: bool = True) -> None:
+    def __init__(self, linear_probe: bool = True, probe_max_train: int = 20000, curves: bool = True,
+                 sklearn_reference: bool = True, reference_max_cells: int = SKLEARN_REFERENCE_MAX_CELLS) -> None:
         self.linear_probe = linear_probe
         self.probe_max_train = probe_max_train
         self.curves = curves
+        self.sklearn_reference = sklearn_reference
+        self.reference_max_cells = int(reference_max_cells)
         self.metrics: dict[str, Any] = {}
 
     @rank_zero_only
@@ -74,6 +92,11 @@ class RunReport(Callback):
             task = getattr(pl_module, "task", "classification")
             args = (tr.x[idx], tr.y[idx], va.x, va.y, te.x, te.y)
             m["linear_probe"] = cached_probe(getattr(dm, "cache_dir", None), args, task)
+        if dm is not None and hasattr(dm, "split"):
+            self._concept_rows(m, dm, pl_module)
+        for cb in trainer.callbacks:
+            if isinstance(cb, CBMTrainingMode) and cb.exact_fit_summary:
+                m["exact_fit"] = cb.exact_fit_summary
         self.metrics = m
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +104,54 @@ class RunReport(Callback):
         if self.curves:
             write_curves(run_dir)
         print_report(m, run_dir)
+
+
+    def _concept_rows(self, m: dict[str, Any], dm: Any, pl_module: L.LightningModule) -> None:
+        """Task metric with every true concept given, and the scikit-learn reference column."""
+        tr, te = dm.split("train"), dm.split("test")
+        try:
+            va = dm.split("val")
+        except (KeyError, ValueError, AttributeError):
+            va = None
+        task = getattr(pl_module, "task", "classification")
+        names = getattr(pl_module, "concept_names", None)
+        if names and te.concepts is not None:
+            m["all_concepts_given"] = _all_concepts_given(pl_module, te.x, te.concepts, te.y, task)
+        if not self.sklearn_reference:
+            return
+        parts = [tr] + ([va] if va is not None and len(va.x) else [])
+        n, d = sum(len(p.x) for p in parts), int(tr.x.shape[1])
+        if n * d > self.reference_max_cells:
+            m["sklearn_reference"] = {"skipped": f"{n} rows x {d} features is above reference_max_cells="
+                                                 f"{self.reference_max_cells}"}
+            return
+        with_concepts = bool(names) and all(p.concepts is not None for p in parts) and te.concepts is not None
+        cat = lambda key: torch.cat([torch.as_tensor(getattr(p, key)) for p in parts])  # noqa: E731
+        args = (cat("x"), cat("y"), cat("concepts") if with_concepts else None, torch.as_tensor(te.x),
+                torch.as_tensor(te.y), torch.as_tensor(te.concepts) if with_concepts else None)
+        m["sklearn_reference"] = cached_reference(getattr(dm, "cache_dir", None), args, task)
+
+
+@torch.no_grad()
+def _all_concepts_given(model: L.LightningModule, x: Any, c: Any, y: Any, task: str) -> float:
+    """Test accuracy (or R²) with every labelled true concept given to the model."""
+    was = model.training
+    model.eval()
+    dev = model.device
+    preds = []
+    try:
+        for i in range(0, len(x), 4096):
+            cb = torch.as_tensor(c[i : i + 4096]).float().to(dev)
+            y_hat, _ = model(torch.as_tensor(x[i : i + 4096]).float().to(dev), concepts=cb,
+                             intervention_mask=~torch.isnan(cb))
+            preds.append(y_hat.cpu())
+    finally:
+        model.train(was)
+    p, y = torch.cat(preds), torch.as_tensor(y)
+    if task == "classification":
+        return float((p.argmax(-1) == y).float().mean())
+    y = y.float()
+    return float(1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-12))
 
 
 def write_curves(run_dir: Path) -> Path | None:
@@ -108,7 +179,9 @@ def write_curves(run_dir: Path) -> Path | None:
 
 
 #: bump when the probe's definition changes, so cached results are not reused
-PROBE_VERSION = "lbfgs-logistic/ridge-v1"
+PROBE_VERSION = "lbfgs-logistic/ridge-v2-cv-refit"
+#: the same for the scikit-learn reference column
+REFERENCE_VERSION = "sklearn-reference-v1"
 
 
 def _digest(tensors: tuple[torch.Tensor, ...], extra: str) -> str:
@@ -134,7 +207,30 @@ def cached_probe(cache_dir: str | os.PathLike[str] | None, args: tuple[torch.Ten
             except (OSError, json.JSONDecodeError):
                 pass  # unreadable: fit again and overwrite it
     probe = probes.linear_probe(*args, task=task)
-    result = {"metric": probe.metric, "train": probe.train, "val": probe.val, "test": probe.test, "C": probe.C}
+    result = {"metric": probe.metric, "train": probe.train, "val": probe.val, "test": probe.test, "C": probe.C,
+              "selection": probe.selection}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, result)
+    return result
+
+
+def cached_reference(cache_dir: str | os.PathLike[str] | None, args: tuple[Any, ...], task: str) -> dict[str, Any]:
+    """:func:`~bottlenecks.analysis.probes.sklearn_reference` on these tensors (train x, y, concepts,
+    test x, y, concepts), read from ``<cache_dir>/probes/`` when an earlier run computed it."""
+    from bottlenecks.analysis import probes
+
+    path = None
+    if cache_dir is not None:
+        tensors = tuple(a for a in args if a is not None)
+        key = task + REFERENCE_VERSION + str([a is None for a in args])
+        path = Path(cache_dir) / "probes" / f"{_digest(tensors, key)}.json"  # type: ignore[operator]
+        if path.exists():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                pass
+    result = probes.sklearn_reference(*args, task=task)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, result)
@@ -158,19 +254,45 @@ def print_report(m: dict[str, Any], run_dir: Path | None = None) -> None:
         t.add_row("[b]mean[/b]", f"[b]{_fmt(m.get('test/concept_acc'))}[/b]",
                   f"[b]{_fmt(m.get('test/concept_auroc'))}[/b]")
         console.print(t)
+    ref = m.get("sklearn_reference") or {}
+    skipped = ref.get("skipped")
     t = Table(title="task (test)")
     t.add_column("model")
     t.add_column("metric")
     t.add_column("value", justify="right")
+    t.add_column("scikit-learn", justify="right")
+
+    def sk(key: str) -> str:
+        return "-" if key not in ref else f"{ref[key]:.4f}"
+
+    task_metric = "accuracy" if "test/task_acc" in m else "r2"
+    if per and "concept_acc" in ref:
+        t.add_row("concept predictors", "mean accuracy", _fmt(m.get("test/concept_acc")), sk("concept_acc"))
     if "test/task_acc" in m:
-        t.add_row("bottleneck model", "accuracy", f"{m['test/task_acc']:.4f}")
+        t.add_row("bottleneck model", "accuracy", f"{m['test/task_acc']:.4f}", sk("task_sequential"))
     for k in ("test/r2", "test/mse"):
         if k in m:
-            t.add_row("bottleneck model", k.split("/")[1], f"{m[k]:.4f}")
+            t.add_row("bottleneck model", k.split("/")[1], f"{m[k]:.4f}", sk("task_sequential") if k == "test/r2" else "-")
+    if "all_concepts_given" in m:
+        t.add_row("every true concept given", task_metric, f"{m['all_concepts_given']:.4f}",
+                  sk("task_all_concepts_given"))
     if "linear_probe" in m:
         lp = m["linear_probe"]
-        t.add_row("linear probe (black box)", lp["metric"], f"{lp['test']:.4f}")
+        t.add_row("linear probe (black box)", lp["metric"], f"{lp['test']:.4f}", sk("probe"))
     console.print(t)
+    if ref and not skipped:
+        console.print("scikit-learn: LogisticRegression(max_iter=1000) on the same features and train + val rows; "
+                      "bottleneck model row: its sequential CBM (independent: "
+                      f"{sk('task_independent')})")
+    elif skipped:
+        console.print(f"scikit-learn reference skipped: {skipped}")
+    if "linear_probe" in m and m["linear_probe"].get("selection"):
+        lp = m["linear_probe"]
+        console.print(f"linear probe: C = {lp['C']:g} ({lp['selection']})")
+    for part, fit in (m.get("exact_fit") or {}).items():
+        C = fit.get("C")
+        shown = ", ".join(f"{c:g}" for c in C) if isinstance(C, list) else f"{C:g}"
+        console.print(f"exact fit, {part}: C = {shown} ({fit.get('selection')}, {fit.get('rows')} rows)")
     if run_dir is not None:
         console.print(f"run directory: {run_dir}")
 

@@ -95,7 +95,13 @@ class ImageFolderDataModule(BottleneckDataModule):
     (:class:`~bottlenecks.data.folder.ConceptImageFolder`) through a frozen encoder.
 
     The CSV's ``split_column`` assigns rows to ``train`` / ``val`` / ``test``; when no
-    row is marked ``val``, ``val_fraction`` of the train rows is held out (by ``data_seed``).
+    row is marked ``val``, ``val_fraction`` of the train rows is held out (by ``data_seed``)
+    for Lightning's validation loop. They are not lost to the model: the exact fits of
+    independent/sequential CBMs (:class:`~bottlenecks.models.stages.CBMTrainingMode`) and the
+    run report's probe choose their regularisation by k-fold cross-validation over train +
+    validation rows while there are at most
+    :data:`~bottlenecks.analysis.probes.CV_MAX_ROWS` (20000) of them (above, on the
+    validation rows) and refit on train + validation.
 
     Args:
         root: folder holding the CSV and the images.

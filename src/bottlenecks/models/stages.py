@@ -26,6 +26,20 @@ From YAML::
 From Python::
 
     L.Trainer(max_epochs=40, callbacks=[CBMTrainingMode("independent", concept_epochs=20)])
+
+**Exact fits.** On frozen features the linear parts of independent and sequential CBMs are
+convex problems, and they are solved as such by default (``exact_fit``): when training starts,
+a linear concept predictor is fitted by per-concept L2-regularised logistic regression (masked
+labels skipped), then a linear head by multinomial logistic regression (ridge regression for
+regression tasks) on the ground-truth concepts (independent) or on the fitted predictor's
+outputs (sequential), all by :func:`bottlenecks.analysis.probes.fit_linear`: the strength ``C``
+chosen by k-fold cross-validation over train + validation rows when there are at most
+``cv_max_rows`` of them (else on the validation rows), then refitted on train + validation.
+What was fitted exactly does not train again: with a linear predictor and a linear head and no
+side channel nothing is left and no epoch runs (``ModelCheckpoint(save_last=True)`` saves the
+fitted model as ``last.ckpt``); a residual side channel or a non-linear head trains with the
+head stage by gradient, over every epoch; an MLP predictor trains by gradient as before
+(and then its head too). The fitted weights are the model's ordinary parameters.
 """
 
 from __future__ import annotations
@@ -36,7 +50,10 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from bottlenecks.analysis.probes import CV_FOLDS, CV_MAX_ROWS, DEFAULT_CS, fit_linear
 
 MODES = ("independent", "sequential", "joint")
 
@@ -290,6 +307,16 @@ class CBMTrainingMode(TrainingStages):
         concept_epochs: epochs of the ``concepts`` stage of sequential/independent training;
             the ``head`` stage gets the rest of ``max_epochs``. Default: half of ``max_epochs``.
         concept_loss_weight: joint mode's ``λ`` (None keeps the model's ``concept_loss_weight``).
+        exact_fit: fit the convex linear parts exactly when training starts (see the module
+            docstring). None (default): on for independent and sequential, off for joint;
+            True with joint starts joint training from the exact sequential fit.
+        Cs: grid of inverse regularisation strengths the exact fits choose from (scikit-learn's
+            ``C``; None: :data:`~bottlenecks.analysis.probes.DEFAULT_CS`).
+        cv_folds, cv_max_rows: ``C`` is chosen by ``cv_folds``-fold cross-validation over train +
+            validation rows when there are at most ``cv_max_rows``, else on the validation rows.
+
+    After fitting, :attr:`exact_fit_summary` says what was fitted exactly, on how many rows,
+    with which ``C`` and how it was chosen (the run report prints it).
 
     All three modes need concept labels; on data without them, fitting stops with an
     error naming the mode.
@@ -306,6 +333,10 @@ class CBMTrainingMode(TrainingStages):
         mode: Literal["independent", "sequential", "joint"] = "joint",
         concept_epochs: int | None = None,
         concept_loss_weight: float | None = None,
+        exact_fit: bool | None = None,
+        Cs: list[float] | None = None,
+        cv_folds: int = CV_FOLDS,
+        cv_max_rows: int = CV_MAX_ROWS,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -317,9 +348,18 @@ class CBMTrainingMode(TrainingStages):
             raise ValueError(
                 f"concept_loss_weight is joint training's λ; {mode} training trains concepts and head separately"
             )
+        if cv_folds < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {cv_folds}")
+        if Cs is not None and (not Cs or min(Cs) <= 0):
+            raise ValueError(f"Cs must be positive inverse regularisation strengths, got {Cs}")
         self.mode = mode
         self.concept_epochs = concept_epochs
         self.concept_loss_weight = concept_loss_weight
+        self.exact_fit = (mode != "joint") if exact_fit is None else bool(exact_fit)
+        self.Cs = tuple(Cs) if Cs is not None else DEFAULT_CS
+        self.cv_folds = int(cv_folds)
+        self.cv_max_rows = int(cv_max_rows)
+        self.exact_fit_summary: dict[str, Any] = {}
         super().__init__(self._build(concept_epochs or 1), why_concepts=self._WHY[mode])
 
     def _build(self, concept_epochs: int, head_train: list[str] | None = None) -> list[Stage]:
@@ -355,5 +395,141 @@ class CBMTrainingMode(TrainingStages):
             self.stages = self._build(concept_epochs, ["head", *(f"bottleneck.{p}" for p in side)])
         super().on_fit_start(trainer, pl_module)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The exact fits, after the model standardised its features (``on_fit_start``)."""
+        if not self.exact_fit:
+            return
+        predictor, head = exact_parts(pl_module)
+        if predictor is None:
+            rank_zero_info(f"{self.mode} CBM: the concept predictor is not linear; it trains by gradient")
+            return
+        resumed = trainer.ckpt_path is not None
+        if not resumed:
+            self.exact_fit_summary = fit_cbm_exactly(
+                pl_module, _exact_fit_data(trainer, pl_module), self.mode, Cs=self.Cs, folds=self.cv_folds,
+                cv_max_rows=self.cv_max_rows, fit_head=head is not None)
+            rank_zero_info(f"{self.mode} CBM, exact fit: {self.exact_fit_summary}")
+        if self.mode == "joint":
+            return  # joint training goes on from the exact fit
+        if head is not None:
+            trainer.should_stop = True  # nothing left to train: no epoch runs
+            return
+        # a side channel or a non-linear head: the head stage trains it, over every epoch
+        self.stages = [self.stages[-1]]
+        self._current = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "exact_fit": self.exact_fit_summary}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.exact_fit_summary = dict(state_dict.get("exact_fit") or {})
+
     def _label(self, stage: Stage) -> str:
         return f"{self.mode} CBM training (stage {stage.name!r})"
+
+
+# ------------------------------------------------------------------ exact fits
+def exact_parts(model: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
+    """The parts of a CBM that exact fits solve: its linear concept predictor (None when the
+    bottleneck is not a :class:`~bottlenecks.layers.concept.ConceptBottleneck` with a linear
+    predictor) and its linear head (None when the head is not linear or the bottleneck has a
+    side channel, whose training with the head is not convex)."""
+    from bottlenecks.layers.concept import ConceptBottleneck
+
+    b = model.bottleneck
+    if type(b) is not ConceptBottleneck or not isinstance(b.predictor, nn.Linear):
+        return None, None
+    head = model.head if isinstance(model.head, nn.Linear) and b.side_channel() is None else None
+    return b.predictor, head
+
+
+def _exact_fit_data(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Tensor | None]:
+    """Training rows (and validation rows, when the datamodule has them): raw features, concepts, targets."""
+    from bottlenecks.models.posthoc import split_rows
+
+    dm = getattr(trainer, "datamodule", None)
+    if dm is not None and hasattr(dm, "split"):
+        x, y, c = split_rows(dm, "train")
+        data: dict[str, Tensor | None] = {"x": x, "y": y, "concepts": None if c is None else torch.as_tensor(c).float()}
+        try:
+            xv, yv, cv = split_rows(dm, "val")
+        except (KeyError, ValueError, TypeError, AttributeError):
+            xv = None
+        if xv is not None and len(xv):
+            data.update(x_val=xv, y_val=yv, concepts_val=None if cv is None else torch.as_tensor(cv).float())
+        return data
+    x, c, y = pl_module._sample_train_data(2**62)
+    return {"x": x, "y": y, "concepts": c}
+
+
+@torch.no_grad()
+def _head_inputs(model: nn.Module, h: Tensor, concepts: Tensor | None, mode: str) -> Tensor:
+    """What the head reads: ``z`` on the predicted concepts (sequential, joint), or with every
+    labelled concept replaced by its ground truth (independent, as its head stage trains)."""
+    if mode == "independent" and concepts is not None:
+        return model.bottleneck(h, concepts=concepts, intervention_mask=~torch.isnan(concepts)).z
+    return model.bottleneck(h).z
+
+
+def fit_cbm_exactly(
+    model: nn.Module,
+    data: dict[str, Tensor | None],
+    mode: str,
+    Cs: tuple[float, ...] | list[float] = DEFAULT_CS,
+    folds: int = CV_FOLDS,
+    cv_max_rows: int = CV_MAX_ROWS,
+    fit_head: bool = True,
+) -> dict[str, Any]:
+    """Fit a CBM's linear concept predictor and (``fit_head``) its linear head exactly, in place.
+
+    Args:
+        model: a :class:`~bottlenecks.models.module.BottleneckModel` whose standardisation is
+            fitted (the model does that at fit start).
+        data: ``x``, ``y``, ``concepts`` (raw features, targets, concepts with NaN where
+            unlabelled) and optionally ``x_val``, ``y_val``, ``concepts_val``.
+        mode: ``"independent"`` (the head on ground-truth concepts), ``"sequential"`` or
+            ``"joint"`` (the head on the fitted predictor's outputs).
+        Cs, folds, cv_max_rows: see :func:`~bottlenecks.analysis.probes.fit_linear`.
+
+    Returns:
+        ``{"concepts": {...}, "head": {...}}``: per part the chosen ``C`` (one per concept for the
+        predictor), how it was chosen and how many rows the final fit saw.
+    """
+    predictor, head = exact_parts(model)
+    if predictor is None:
+        raise ValueError(f"exact fits need a ConceptBottleneck with a linear concept predictor, got "
+                         f"{type(model.bottleneck).__name__}")
+    if data.get("concepts") is None:
+        raise ValueError(f"the exact fit of a {mode} CBM needs concept labels; the data has none")
+    was = model.training
+    model.eval()
+    dev = predictor.weight.device
+    try:
+        with torch.no_grad():
+            h = model.norm(torch.as_tensor(data["x"]).float().to(dev)).cpu()
+            hv = None if data.get("x_val") is None else model.norm(torch.as_tensor(data["x_val"]).float().to(dev)).cpu()
+        c, cv = data["concepts"], data.get("concepts_val")
+        has_val = hv is not None and cv is not None
+        kw = dict(Cs=Cs, folds=folds, cv_max_rows=cv_max_rows)
+        fit = fit_linear(h, c, "binary", hv if has_val else None, cv if has_val else None, **kw)
+        with torch.no_grad():
+            predictor.weight.copy_(fit.weight[:-1].T.to(predictor.weight))
+            predictor.bias.copy_(fit.weight[-1].to(predictor.bias))
+        summary: dict[str, Any] = {"concepts": fit.summary()}
+        if fit_head and head is not None:
+            z = _head_inputs(model, h.to(dev), c.to(dev), mode).cpu()
+            zv = _head_inputs(model, hv.to(dev), cv.to(dev), mode).cpu() if has_val else None
+            y, yv = torch.as_tensor(data["y"]), (torch.as_tensor(data["y_val"]) if has_val else None)
+            if model.task == "classification":
+                fit = fit_linear(z, y, "multiclass", zv, yv, n_classes=head.out_features, **kw)
+                w = fit.weight
+            else:
+                fit = fit_linear(z, y.float(), "regression", zv, None if yv is None else yv.float(), **kw)
+                w = fit.weight[:, None]
+            with torch.no_grad():
+                head.weight.copy_(w[:-1].T.to(head.weight))
+                head.bias.copy_(w[-1].to(head.bias))
+            summary["head"] = fit.summary()
+    finally:
+        model.train(was)
+    return summary

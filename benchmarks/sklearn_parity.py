@@ -1,0 +1,272 @@
+"""The framework next to scikit-learn on the same frozen features and rows (issue 14).
+
+Two measurements, printed as tables:
+
+1. **Image folder + CSV through the CLI.** A concept-annotated image dataset that is not part
+   of the repository is generated: 2400 images (64 px PNG) rendered by the procedural Shapes
+   generator, 9 binary concepts — seven drawn (``red``, ``green``, ``circle``, ``square``,
+   ``large``, ``pair``, ``outlined``) and two *invisible to the encoder* (``hidden_a``,
+   ``hidden_b``: fair coins that are never drawn) — and a label defined by a rule over the
+   concepts: ``label = 1 if red + circle + large + pair + hidden_a >= 3 else 0``. The CSV marks
+   1800 rows ``train`` and 600 ``test`` (no ``val`` rows: the image-folder path picks its own
+   validation rows). ``bottlenecks fit --config configs/cbm_{independent,sequential}_shapes.yaml``
+   runs with only the data section changed (``ImageFolderDataModule``, Lite0 at 96 px), and
+   scikit-learn's ``LogisticRegression(max_iter=1000)`` is fitted on the same cached features
+   and on every training row of the CSV (a user with scikit-learn would use them all).
+2. **The 16-D Gaussian toy** from Python: features ``N(0, I)``, four concepts each the sign of
+   one coordinate, the features then perturbed by 5 % noise, label ``c0 + 2 c1``, 2000/500/500
+   rows, ``BottleneckModel(ConceptBottleneck(16, concept_names=list("abcd")), num_classes=4,
+   lr=1e-2)`` with each training mode for 15 and 40 epochs.
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sklearn_parity.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CONCEPTS = ["red", "green", "circle", "square", "large", "pair", "outlined", "hidden_a", "hidden_b"]
+N_TRAIN, N_TEST = 1800, 600
+
+
+# ------------------------------------------------------------------ the image dataset
+def make_image_folder(root: Path, seed: int = 0) -> Path:
+    """Write ``root/concepts.csv`` and ``root/images/*.png`` (skipped when already there)."""
+    from PIL import Image
+
+    from bottlenecks.data.shapes import ShapesDataset
+
+    csv = root / "concepts.csv"
+    if csv.is_file():
+        return root
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    n = N_TRAIN + N_TEST
+    ds = ShapesDataset(split="train", n=n, seed=seed, image_size=64, return_masks=False)
+    shapes_c = ds.concept_table().numpy()
+    col = {name: i for i, name in enumerate(ds.concept_names)}
+    rng = np.random.default_rng(seed + 1)
+    hidden = (rng.random((n, 2)) < 0.5).astype(np.float32)
+    table = np.concatenate([shapes_c[:, [col[c] for c in CONCEPTS[:7]]], hidden], axis=1)
+    t = {c: table[:, i] for i, c in enumerate(CONCEPTS)}
+    label = ((t["red"] + t["circle"] + t["large"] + t["pair"] + t["hidden_a"]) >= 3).astype(int)
+    lines = ["image,label,split," + ",".join(CONCEPTS)]
+    for i in range(n):
+        image, _ = ds.render(i)
+        rel = f"images/{i:05d}.png"
+        Image.fromarray((image.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(root / rel)
+        split = "train" if i < N_TRAIN else "test"
+        lines.append(f"{rel},{label[i]},{split}," + ",".join(str(int(v)) for v in table[i]))
+    tmp = csv.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, csv)
+    return root
+
+
+def data_yaml(out: Path, root: Path) -> Path:
+    path = out / "data.yaml"
+    path.write_text(
+        "class_path: bottlenecks.data.modules.ImageFolderDataModule\n"
+        "init_args:\n"
+        f"  root: {root}\n"
+        "  image_size: 64\n"
+        f"  cache_dir: {out / 'cache'}\n"
+        "  encoder:\n"
+        "    name: lite0\n"
+        "    image_size: 96\n"
+        "  batch_size: 256\n"
+    )
+    return path
+
+
+def run_cli(mode: str, out: Path, data: Path) -> Path:
+    """``bottlenecks fit --config configs/cbm_<mode>_shapes.yaml --data data.yaml``; the run folder."""
+    from bottlenecks.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / f"cbm_{mode}_shapes.yaml"
+    runs = out / "runs" / mode
+    main(["fit", "--config", str(config), "--data", str(data), "--trainer.enable_progress_bar", "false",
+          "--trainer.default_root_dir", str(runs), "--trainer.logger.init_args.save_dir", str(runs)])
+    return max(runs.rglob("metrics.json"), key=lambda p: p.stat().st_mtime).parent
+
+
+def image_datamodule(data: Path):  # noqa: ANN201
+    import yaml
+
+    from bottlenecks.data.modules import ImageFolderDataModule
+
+    spec = yaml.safe_load(data.read_text())["init_args"]
+    dm = ImageFolderDataModule(**spec)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@torch.no_grad()
+def all_concepts_given(run_dir: Path, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor) -> float:
+    """Task accuracy of the tested checkpoint with every true concept given (an intervention on all)."""
+    from bottlenecks.models.module import BottleneckModel
+
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    best = [p for p in ckpts if p.name != "last.ckpt"] or ckpts
+    model = BottleneckModel.load_from_checkpoint(best[0], map_location="cpu").eval()
+    y_hat, _ = model(x, concepts=c, intervention_mask=~torch.isnan(c))
+    return float((y_hat.argmax(-1) == y).float().mean())
+
+
+def sklearn_columns(xtr, ctr, ytr, xte, cte, yte) -> dict[str, float]:  # noqa: ANN001
+    """scikit-learn's LogisticRegression (max_iter=1000, everything else default) on the same features."""
+    try:
+        from bottlenecks.analysis.probes import sklearn_reference
+    except ImportError:  # the checkout before issue 14 has no reference column: the same steps inline
+        sklearn_reference = _sklearn_reference_inline
+    return sklearn_reference(xtr, ytr, ctr, xte, yte, cte)
+
+
+def _sklearn_reference_inline(xtr, ytr, ctr, xte, yte, cte) -> dict[str, float]:  # noqa: ANN001
+    from sklearn.linear_model import LogisticRegression
+
+    def lr() -> LogisticRegression:
+        return LogisticRegression(max_iter=1000)
+
+    xtr, xte, ytr, yte, ctr, cte = (np.asarray(a) for a in (xtr, xte, ytr, yte, ctr, cte))
+    p_tr, p_te, accs = [], [], []
+    for j in range(ctr.shape[1]):
+        m = lr().fit(xtr, ctr[:, j])
+        p_tr.append(m.predict_proba(xtr)[:, 1])
+        p_te.append(m.predict_proba(xte)[:, 1])
+        accs.append(float((m.predict(xte) == cte[:, j]).mean()))
+    p_tr, p_te = np.stack(p_tr, 1), np.stack(p_te, 1)
+    indep = lr().fit(ctr, ytr)
+    seq = lr().fit(p_tr, ytr)
+    return {
+        "concept_acc": float(np.mean(accs)),
+        "task_acc_independent": float((indep.predict(p_te) == yte).mean()),
+        "task_acc_sequential": float((seq.predict(p_te) == yte).mean()),
+        "probe_acc": float((lr().fit(xtr, ytr).predict(xte) == yte).mean()),
+        "task_acc_all_concepts_given": float((indep.predict(cte) == yte).mean()),
+    }
+
+
+def image_table(out: Path) -> str:
+    root = make_image_folder(out / "images_csv")
+    data = data_yaml(out, root)
+    fw: dict[str, dict] = {}
+    for mode in ("independent", "sequential"):
+        t0 = time.perf_counter()
+        run = run_cli(mode, out, data)
+        m = json.loads((run / "metrics.json").read_text())
+        dm = image_datamodule(data)
+        te = dm.split("test")
+        x, c, y = torch.as_tensor(te.x).float(), torch.as_tensor(te.concepts).float(), torch.as_tensor(te.y)
+        fw[mode] = {"concept_acc": m["test/concept_acc"], "task_acc": m["test/task_acc"],
+                    "probe": m["linear_probe"]["test"], "all": all_concepts_given(run, x, c, y),
+                    "seconds": time.perf_counter() - t0, "metrics": m}
+    dm = image_datamodule(data)
+    tr, va, te = dm.split("train"), dm.split("val"), dm.split("test")
+    cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)])  # noqa: E731
+    sk = sklearn_columns(cat(tr.x, va.x), cat(tr.concepts, va.concepts), cat(tr.y, va.y),
+                         np.asarray(te.x), np.asarray(te.concepts), np.asarray(te.y))
+    i, s = fw["independent"], fw["sequential"]
+    rows = [
+        "| | this framework: independent | this framework: sequential | scikit-learn LogisticRegression, same features, every training row |",
+        "|---|---|---|---|",
+        f"| mean concept accuracy | {i['concept_acc']:.3f} | {s['concept_acc']:.3f} | {sk['concept_acc']:.3f} |",
+        f"| task accuracy, CBM | {i['task_acc']:.3f} | {s['task_acc']:.3f} | "
+        f"{sk['task_acc_independent']:.3f} (independent), {sk['task_acc_sequential']:.3f} (sequential) |",
+        f"| linear probe (the run report's own) | {i['probe']:.3f} | {s['probe']:.3f} | {sk['probe_acc']:.3f} |",
+        f"| task accuracy with every true concept given | {i['all']:.3f} | {s['all']:.3f} | "
+        f"{sk['task_acc_all_concepts_given']:.3f} |",
+        f"| seconds for `bottlenecks fit` (encoding cached) | {i['seconds']:.0f} | {s['seconds']:.0f} | |",
+    ]
+    for mode in ("independent", "sequential"):
+        fit = fw[mode]["metrics"].get("exact_fit")
+        if fit:
+            rows.append(f"\n{mode}: exact fit {json.dumps(fit, sort_keys=True)}")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------ the Gaussian toy
+def toy_data(seed: int = 0):  # noqa: ANN201
+    g = torch.Generator().manual_seed(seed)
+    n = 3000
+    z = torch.randn(n, 16, generator=g)
+    c = (z[:, :4] > 0).float()
+    x = z + 0.05 * torch.randn(n, 16, generator=g)
+    y = (c[:, 0] + 2 * c[:, 1]).long()
+    return x, c, y
+
+
+def toy_table(epochs=(15, 40)) -> str:  # noqa: ANN001
+    import lightning as L
+
+    from bottlenecks.data.datamodule import ArrayDataModule
+    from bottlenecks.layers.concept import ConceptBottleneck
+    from bottlenecks.models.module import BottleneckModel
+    from bottlenecks.models.stages import CBMTrainingMode
+
+    x, c, y = toy_data()
+    parts = {"train": slice(0, 2000), "val": slice(2000, 2500), "test": slice(2500, 3000)}
+    arrays = {}
+    for s, sl in parts.items():
+        arrays.update({f"x_{s}": x[sl], f"y_{s}": y[sl], f"concepts_{s}": c[sl]})
+    rows = ["| mode | epochs | task accuracy | per-concept accuracy (a, b, c, d) | seconds |", "|---|---|---|---|---|"]
+    try:  # exact fits exist from issue 14 on: a joint model may start from the exact fit
+        CBMTrainingMode("joint", exact_fit=True)
+        variants = [("independent", {}), ("sequential", {}), ("joint", {}), ("joint", {"exact_fit": True})]
+    except TypeError:
+        variants = [("independent", {}), ("sequential", {}), ("joint", {})]
+    for mode, extra in variants:
+        for ep in epochs:
+            L.seed_everything(0, verbose=False)
+            dm = ArrayDataModule.from_arrays(**arrays, concept_names=list("abcd"))
+            model = BottleneckModel(ConceptBottleneck(16, concept_names=list("abcd")), num_classes=4, lr=1e-2)
+            trainer = L.Trainer(max_epochs=ep, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, callbacks=[CBMTrainingMode(mode, **extra)])
+            t0 = time.perf_counter()
+            trainer.fit(model, dm)
+            sec = time.perf_counter() - t0
+            res = trainer.test(model, dm, verbose=False)[0]
+            per = model.test_concept_metrics["concept_acc"].tolist()
+            label = mode + (", starting from the exact fit" if extra else "")
+            rows.append(f"| {label} | {ep} | {res['test/task_acc']:.3f} | {', '.join(f'{v:.3f}' for v in per)} | "
+                        f"{sec:.1f} |")
+    from sklearn.linear_model import LogisticRegression
+
+    tr, te = slice(0, 2500), slice(2500, 3000)
+    per = [LogisticRegression().fit(x[tr], c[tr, j]).score(x[te], c[te, j]) for j in range(4)]
+    probe = LogisticRegression(max_iter=1000).fit(x[tr], y[tr]).score(x[te], y[te])
+    rows.append(f"| scikit-learn LogisticRegression (train+val rows) | - | {probe:.3f} (probe) | "
+                f"{', '.join(f'{v:.3f}' for v in per)} | |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=".cache/sklearn_parity", help="dataset, feature cache and runs go here")
+    p.add_argument("--skip-images", action="store_true", help="only the Gaussian toy")
+    p.add_argument("--skip-toy", action="store_true", help="only the image-folder table")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"load: {Path('/proc/loadavg').read_text().strip() if Path('/proc/loadavg').exists() else '?'}")
+    if not args.skip_toy:
+        print("\n16-D Gaussian toy\n")
+        print(toy_table())
+    if not args.skip_images:
+        print("\nimage folder + CSV, Lite0 at 96 px\n")
+        print(image_table(out))
+    print(f"load: {Path('/proc/loadavg').read_text().strip() if Path('/proc/loadavg').exists() else '?'}")
+
+
+if __name__ == "__main__":
+    main()
