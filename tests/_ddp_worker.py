@@ -148,3 +148,10 @@ if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], sys.argv[2]
     result = {"identical": identical, "equivalence": equivalence}[scenario]()
     torch.save(result, os.path.join(out_dir, f"rank{RANK}.pt"))
+    # Tear the process group down while every rank is still here: under load, gloo's threads
+    # otherwise meet interpreter shutdown and abort ("terminate called without an active exception").
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -240,6 +240,7 @@ def test_concurrent_writers_do_not_corrupt(tmp_path: Path) -> None:
 
 def _killed_writer(root: str) -> None:
     """Writes half of the array into the temporary file, then dies as if killed (no cleanup runs)."""
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
     import os
     import signal
 
@@ -270,6 +271,7 @@ def test_killed_write_leaves_a_temporary_that_the_next_access_removes(tmp_path: 
     assert entry_files(d) == [".lock", "features.npy", "meta.json"]
 
 
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
 def _killed_putter(root: str) -> None:
     import os
     import signal

@@ -43,7 +43,7 @@ def test_main_job_small(tmp_path, capsys):
     assert (run / "checkpoints" / "last.ckpt").exists()
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(entries) == 4  # features of train, val, test + the probe results
-    assert len(list((tmp_path / "cache" / "probes").glob("*.json"))) == 1
+    assert len(list((tmp_path / "cache" / "probes").glob("*.json"))) == 2  # the probe and the scikit-learn reference
 
     # second run: the cache is warm and read back (no new entries, no warnings), new run dir
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
