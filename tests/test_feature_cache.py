@@ -271,8 +271,8 @@ def test_killed_write_leaves_a_temporary_that_the_next_access_removes(tmp_path: 
     assert entry_files(d) == [".lock", "features.npy", "meta.json"]
 
 
-    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
 def _killed_putter(root: str) -> None:
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
     import os
     import signal
 
