@@ -78,3 +78,16 @@ def sign_toy(n: tuple[int, int, int] = (2000, 500, 500), dim: int = 16, n_concep
         y = sum((2**k) * c[:, k] for k in range(label_bits)).astype(np.int64)
         out.update({f"x_{split}": x, f"y_{split}": y, f"concepts_{split}": c})
     return {"arrays": out, "concept_names": [f"c{j}" for j in range(n_concepts)], "num_classes": 2**label_bits}
+
+
+def blobs_dm():
+    """Four Gaussian blobs in 8 dimensions, 600 train / 200 test rows (a task any quantiser or
+    optimiser should solve well above the 0.25 chance level)."""
+    from bottlenecks.data.datamodule import ArrayDataModule
+
+    g = torch.Generator().manual_seed(0)
+    centres = 4 * torch.randn(4, 8, generator=g)
+    y = torch.randint(4, (800,), generator=g)
+    x = centres[y] + 0.5 * torch.randn(800, 8, generator=g)
+    return ArrayDataModule.from_arrays(x_train=x[:600], y_train=y[:600], x_test=x[600:], y_test=y[600:],
+                                       batch_size=64)

@@ -5,19 +5,12 @@ import lightning as L
 import pytest
 import torch
 
-from bottlenecks.data.datamodule import ArrayDataModule
 from bottlenecks.layers.quantize import VectorQuantizer
 from bottlenecks.models.module import BottleneckModel
 from bottlenecks.models.optimizers import MuonAdamW
+from _concept_data import blobs_dm
 
 
-def _blobs_dm():
-    g = torch.Generator().manual_seed(0)
-    centres = 4 * torch.randn(4, 8, generator=g)
-    y = torch.randint(4, (800,), generator=g)
-    x = centres[y] + 0.5 * torch.randn(800, 8, generator=g)
-    return ArrayDataModule.from_arrays(x_train=x[:600], y_train=y[:600], x_test=x[600:], y_test=y[600:],
-                                       batch_size=64)
 
 
 def _model(optimizer="muon", lr=1e-2, lr_schedule="cosine"):
@@ -31,9 +24,9 @@ def test_muon_trains_above_chance():
     model = _model()
     trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    trainer.fit(model, _blobs_dm())
+    trainer.fit(model, blobs_dm())
     assert isinstance(trainer.optimizers[0], MuonAdamW)
-    assert trainer.test(model, _blobs_dm(), verbose=False)[0]["test/task_acc"] > 0.9  # chance is 0.25
+    assert trainer.test(model, blobs_dm(), verbose=False)[0]["test/task_acc"] > 0.9  # chance is 0.25
 
 
 def test_muon_updates_only_the_weight_matrices():

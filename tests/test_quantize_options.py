@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from bottlenecks.cli import main
-from bottlenecks.data.datamodule import ArrayDataModule
 from bottlenecks.editing import edit_log
 from bottlenecks.layers.codes import rotate_to
 from bottlenecks.layers.quantize import LookupFreeQuantizer, ResidualVectorQuantizer, VectorQuantizer
 from bottlenecks.models.module import BottleneckModel
+from _concept_data import blobs_dm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -151,13 +151,6 @@ def test_lfq_entropy_loss_spreads_the_codes():
 
 
 # ------------------------------------------------------------- training outcomes
-def _blobs_dm():
-    g = torch.Generator().manual_seed(0)
-    centres = 4 * torch.randn(4, 8, generator=g)
-    y = torch.randint(4, (800,), generator=g)
-    x = centres[y] + 0.5 * torch.randn(800, 8, generator=g)
-    return ArrayDataModule.from_arrays(x_train=x[:600], y_train=y[:600], x_test=x[600:], y_test=y[600:],
-                                       batch_size=64)
 
 
 @pytest.mark.parametrize(
@@ -175,9 +168,9 @@ def test_each_option_trains_above_chance(make):
     model = BottleneckModel(make(), num_classes=4, lr=1e-2, loss_weights={"commitment": 0.25, "entropy": 0.1})
     trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    trainer.fit(model, _blobs_dm())
+    trainer.fit(model, blobs_dm())
     assert {"train/perplexity", "train/usage_perplexity", "train/dead_fraction"} <= set(trainer.callback_metrics)
-    res = trainer.test(model, _blobs_dm(), verbose=False)[0]
+    res = trainer.test(model, blobs_dm(), verbose=False)[0]
     assert res["test/task_acc"] > 0.8  # chance is 0.25
 
 

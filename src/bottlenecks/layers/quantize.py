@@ -587,7 +587,33 @@ class ResidualVectorQuantizer(Bottleneck):
 
 
 # --------------------------------------------------------------------------- FSQ
-class FiniteScalarQuantizer(Bottleneck):
+class _ImplicitCodebook(Bottleneck):
+    """Units and code suppression shared by the quantisers whose codebook is implicit (FSQ's
+    ``prod(levels)`` grid, LFQ's ``2 ** code_dim`` sign patterns): one unit per code, and a
+    ``blocked`` buffer of ``(codebook_size,)`` codes replaced by the nearest allowed one."""
+
+    codebook_size: int
+    blocked: Tensor
+
+    def units(self) -> Units:
+        """The implicit codebook's codes."""
+        return Units("code", tuple(f"code{k}" for k in range(self.codebook_size)))
+
+    def unit_activations(self, out: BottleneckOutput) -> Tensor:
+        return one_hot_units(out.codes, self.codebook_size)
+
+    def unit_gates(self) -> dict[str, Tensor]:
+        """``{"suppressed": (codebook_size,)}`` — codes replaced by the nearest allowed one."""
+        return {"suppressed": self.blocked.clone()}
+
+    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
+        g = self._check_gates(gates, ("suppressed",))["suppressed"]
+        if bool(g.all()):
+            raise ValueError("cannot suppress every code of the implicit codebook")
+        self.blocked.copy_(g)
+
+
+class FiniteScalarQuantizer(_ImplicitCodebook):
     """Finite scalar quantisation (Mentzer et al., 2023).
 
     ``h`` ``(batch, in_features)`` is projected to ``len(levels)`` scalars; scalar ``i`` is
@@ -660,23 +686,6 @@ class FiniteScalarQuantizer(Bottleneck):
             extras={"scalars": q.detach()},
         )
 
-    def units(self) -> Units:
-        """The implicit codebook's ``prod(levels)`` codes."""
-        return Units("code", tuple(f"code{k}" for k in range(self.codebook_size)))
-
-    def unit_activations(self, out: BottleneckOutput) -> Tensor:
-        return one_hot_units(out.codes, self.codebook_size)
-
-    def unit_gates(self) -> dict[str, Tensor]:
-        """``{"suppressed": (codebook_size,)}`` — codes replaced by the nearest allowed one."""
-        return {"suppressed": self.blocked.clone()}
-
-    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
-        g = self._check_gates(gates, ("suppressed",))["suppressed"]
-        if bool(g.all()):
-            raise ValueError("cannot suppress every code of the implicit codebook")
-        self.blocked.copy_(g)
-
     def codes_to_scalars(self, codes: Tensor) -> Tensor:
         """Code indices ``(n,)`` → their rounded scalars in ``[-1, 1]`` ``(n, D)``."""
         half_width = torch.div(self._levels, 2, rounding_mode="floor")
@@ -689,7 +698,7 @@ class FiniteScalarQuantizer(Bottleneck):
 LFQ_EXACT_ENTROPY_BITS = 12
 
 
-class LookupFreeQuantizer(Bottleneck):
+class LookupFreeQuantizer(_ImplicitCodebook):
     """Lookup-free quantisation (LFQ; Yu et al., 2023, "Language Model Beats Diffusion").
 
     ``h`` ``(batch, in_features)`` is projected to ``code_dim`` scalars ``u``; each is replaced by
@@ -827,20 +836,3 @@ class LookupFreeQuantizer(Bottleneck):
         return BottleneckOutput(
             z=self.project_out(straight_through(u, q)), losses=losses, codes=codes.unsqueeze(1), metrics=metrics
         )
-
-    def units(self) -> Units:
-        """The implicit codebook's ``2 ** code_dim`` codes."""
-        return Units("code", tuple(f"code{k}" for k in range(self.codebook_size)))
-
-    def unit_activations(self, out: BottleneckOutput) -> Tensor:
-        return one_hot_units(out.codes, self.codebook_size)
-
-    def unit_gates(self) -> dict[str, Tensor]:
-        """``{"suppressed": (codebook_size,)}`` — codes replaced by the nearest allowed one."""
-        return {"suppressed": self.blocked.clone()}
-
-    def set_unit_gates(self, gates: dict[str, Tensor]) -> None:
-        g = self._check_gates(gates, ("suppressed",))["suppressed"]
-        if bool(g.all()):
-            raise ValueError("cannot suppress every code of the implicit codebook")
-        self.blocked.copy_(g)
