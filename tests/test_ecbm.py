@@ -2,6 +2,7 @@
 conditional queries, the pseudo-likelihood / gradient-inference path, and bad input."""
 
 import itertools
+import os
 
 import lightning as L
 import pytest
@@ -190,7 +191,9 @@ def test_pseudo_likelihood_and_gradient_inference_train_without_enumeration():
     b.inference = "gradient"
     model = BottleneckModel(b, num_classes=9, lr=1e-2)
     dm = datamodule(x, c, y, 1200)
-    trainer(max_epochs=5, num_sanity_val_steps=0, limit_val_batches=0).fit(model, dm)
+    # 10 epochs: the softplus global energy (auto under the pseudo-likelihood) learns the
+    # coupling more slowly than ReLU at 8 concepts (task 0.60 after 5 epochs, 0.96 after 10)
+    trainer(max_epochs=10, num_sanity_val_steps=0, limit_val_batches=0).fit(model, dm)
     res = trainer().test(model, dm, verbose=False)[0]
     assert res["test/task_acc"] > 0.7 and res["test/concept_acc"] > 0.85
     # mean field (the default without enumeration) is faithful to the model's posterior: on this
@@ -216,6 +219,8 @@ def test_bad_input_is_named():
         EnergyConceptBottleneck(8, num_classes=3, num_concepts=3, mean_field_update="exact")
     with pytest.raises(ValueError, match=r"mean_field_damping must lie in \(0, 1\], got 0"):
         EnergyConceptBottleneck(8, num_classes=3, num_concepts=3, mean_field_damping=0)
+    with pytest.raises(ValueError, match="global_activation must be 'auto', 'relu' or 'softplus', got 'tanh'"):
+        EnergyConceptBottleneck(8, num_classes=3, num_concepts=3, global_activation="tanh")
     b = EnergyConceptBottleneck(8, num_classes=4, num_concepts=3)
     with pytest.raises(ValueError, match=r"predicts 4 outputs but the task has 5"):
         BottleneckModel(b, num_classes=5)
@@ -238,21 +243,31 @@ def test_mean_field_propagates_interventions_on_112_grouped_concepts():
 
     from bottlenecks.data.datamodule import ArrayDataModule
 
-    L.seed_everything(0)
-    x, c, y, names, groups = grouped_concepts(n=500, num_classes=10, noise=4.0)
+    L.seed_everything(int(os.environ.get("ECBM_TEST_SEED", 0)))
+    x, c, y, names, groups = grouped_concepts(n=500, num_classes=10, noise=8.0)
     dm = ArrayDataModule.from_arrays(x_train=x[:400], y_train=y[:400], concepts_train=c[:400], x_test=x[400:],
                                      y_test=y[400:], concepts_test=c[400:], concept_names=names, batch_size=400)
     b = EnergyConceptBottleneck(64, num_classes=10, concept_names=names, hidden=32)
     assert len(names) == 112 and b.inference == "mean_field" and b.global_objective == "pseudo_likelihood"
-    # weight_decay=0: the regime this test was measured in; with ECBM's measured default (1e-4)
-    # the class energy alone reaches 1.0 here and clamping half the groups lowers it (docs/concepts.md)
+    assert b.global_activation == "softplus"
+    # Noise 8 keeps the class energy alone below 1.0 (0.72-0.88 over seeds 0-7, ECBM_TEST_SEED),
+    # so there is something for the interventions to fix. With ReLU units in the global energy
+    # (now softplus under the pseudo-likelihood) and the per-concept terms summed, the global
+    # energy learned little about y and this test flipped with the machine (1.0 -> 0.88 in CI).
     model = BottleneckModel(b, num_classes=10, lr=3e-2, weight_decay=0.0)
-    trainer(max_epochs=30, limit_val_batches=0, num_sanity_val_steps=0).fit(model, dm)
+    trainer(max_epochs=100, limit_val_batches=0, num_sanity_val_steps=0).fit(model, dm)
     xt, ct, yt = x[400:], c[400:], y[400:]
+    # the global energy alone, given the true concepts, names the class (1.00 on seeds 0-7;
+    # 0.18-0.59 with ReLU units, 0.67-1.00 with the per-concept terms summed)
+    with torch.no_grad():
+        e = b.global_energy(ct[:, None, :].expand(-1, 10, -1), torch.eye(10).expand(len(yt), -1, -1))
+    assert (e.argmin(1) == yt).float().mean() >= 0.95
     half = [m for g in list(groups)[:14] for m in groups[g]]
     rest = [names.index(m) for g in list(groups)[14:] for m in groups[g]]
     before, after = intervene(model, xt, {}), intervene(model, xt, ct, concepts=half)
-    assert (after.y_pred == yt).float().mean() > (before.y_pred == yt).float().mean() + 0.08
+    acc_before, acc_after = ((o.y_pred == yt).float().mean().item() for o in (before, after))
+    # true values for half the groups identify the class: at least a third of the errors go
+    assert acc_after >= acc_before + max(0.03, (1 - acc_before) / 3)
     err_before = (before.probs[:, rest] - ct[:, rest]).abs().mean()
     err_after = (after.probs[:, rest] - ct[:, rest]).abs().mean()
     assert err_after < err_before - 0.01

@@ -98,6 +98,17 @@ class EnergyConceptBottleneck(ConceptLayer):
             ``k``: ``"difference"`` evaluates ``E_global`` with ``c_k`` set to 1 and to 0 (the
             others at their means; closer to exact) or ``"gradient"`` its derivative (a
             linearisation, ``num_concepts`` times cheaper per step).
+        global_activation: hidden units of the global energy MLP: ``"relu"``, ``"softplus"``
+            or ``"auto"`` (softplus under the pseudo-likelihood, ReLU under the exact
+            objective). Measured on grouped, class-determined concepts (10 classes, 100
+            full-batch epochs, lr 3e-2): with ReLU, at 112 concepts most hidden units died
+            early and the global energy could not name the label from the true concepts
+            (0.18-0.59 over seeds, 1.00 with softplus); at 16 and 48 concepts ReLU named it but
+            revealing half the groups raised accuracy by 0.19-0.28, against 0.26-0.55 with
+            softplus. Under the exact objective every pair enters the partition function and
+            ReLU learned the sharper coupling that carries interventions sooner (on the
+            co-occurrence test set, fixing ``red`` raised ``circle`` by 0.67 after 6 epochs
+            with ReLU, 0.09 with softplus).
 
     Shapes: ``h (batch, in_features)`` → ``z = log p(y | x)`` ``(batch, num_classes)``;
     ``concepts`` the logits of ``p(c_k = 1 | x)`` ``(batch, num_concepts)``;
@@ -135,6 +146,7 @@ class EnergyConceptBottleneck(ConceptLayer):
         mean_field_steps: int = 30,
         mean_field_damping: float = 0.5,
         mean_field_update: Literal["difference", "gradient"] = "gradient",
+        global_activation: Literal["auto", "relu", "softplus"] = "auto",
     ) -> None:
         super().__init__()
         n = len(self._init_concepts(concept_names, num_concepts))
@@ -178,6 +190,12 @@ class EnergyConceptBottleneck(ConceptLayer):
         self.global_objective = (
             ("exact" if enumerable else "pseudo_likelihood") if global_objective == "auto" else global_objective
         )
+        if global_activation not in ("auto", "relu", "softplus"):
+            raise ValueError(f"global_activation must be 'auto', 'relu' or 'softplus', got {global_activation!r}")
+        self.global_activation = (
+            ("softplus" if self.global_objective == "pseudo_likelihood" else "relu")
+            if global_activation == "auto" else global_activation
+        )
         self.gradient_steps = int(gradient_steps)
         self.gradient_lr = float(gradient_lr)
         self.mean_field_steps = int(mean_field_steps)
@@ -199,7 +217,8 @@ class EnergyConceptBottleneck(ConceptLayer):
         # layer's weight is split per concept slot so relaxed/enumerated inputs stay linear.
         self.global_v = nn.Parameter(torch.randn(K, d, H) / math.sqrt(K * d))
         self.global_u = nn.Linear(d, H)
-        self.global_mlp = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(), nn.Linear(H, 1))
+        act = {"relu": nn.ReLU, "softplus": nn.Softplus}[self.global_activation]
+        self.global_mlp = nn.Sequential(act(), nn.Linear(H, H), act(), nn.Linear(H, 1))
 
     # ---------------------------------------------------------------- energies
     def class_energy(self, h: Tensor) -> Tensor:
@@ -486,7 +505,15 @@ class EnergyConceptBottleneck(ConceptLayer):
         return losses
 
     def _pseudo_likelihood(self, c: Tensor, y: Tensor) -> Tensor:
-        """``−log p(y | c) − Σ_k log p(c_k | c_−k, y)`` under the global energy, averaged over rows."""
+        """``−log p(y | c) − (1/K) Σ_k log p(c_k | c_−k, y)`` under the global energy, averaged over rows.
+
+        The K per-concept conditionals are averaged, not summed: summed, they outweigh the
+        single label term K to 1, and at K ≈ 100 the global energy learns the concepts'
+        co-occurrence before it learns ``y``. On the 112-concept set of ``tests/test_ecbm.py``
+        ``argmin_y E_global(c_true, y)`` reached 0.67-1.00 over seeds 0-3 with the sum and
+        1.00 on seeds 0-7 averaged. Averaged, each conditional keeps its own optimum and the
+        label term keeps its weight.
+        """
         slots = self._global_slots()
         delta = slots[:, 1] - slots[:, 0]  # (K, H)
         pre_c = slots[:, 0].sum(0) + c @ delta  # (b, H)
@@ -497,7 +524,7 @@ class EnergyConceptBottleneck(ConceptLayer):
         e_true = e_all_y.gather(1, y[:, None]).squeeze(1)  # (b,)
         flipped = pre_true[:, None, :] + (1 - 2 * c)[:, :, None] * delta[None]  # (b, K, H)
         e_flip = self.global_mlp(flipped).squeeze(-1)  # (b, K)
-        nll_c = F.softplus(e_true[:, None] - e_flip).sum(-1).mean()
+        nll_c = F.softplus(e_true[:, None] - e_flip).mean()
         return nll_y + nll_c
 
     # -------------------------------------------------- probabilistic queries
