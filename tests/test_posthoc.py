@@ -232,3 +232,68 @@ def test_a_concept_set_file_becomes_a_text_bank_from_yaml_with_paired_clip_tower
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(tmp_path / "bad.yaml")])
     assert "384-dimensional (the vectors are minilm text embeddings" in capsys.readouterr().err
+
+
+def test_a_grid_of_head_strengths_is_chosen_by_cross_validation_and_refitted_on_train_and_val(dm, bank):
+    probe = _probe(dm)
+    model = BottleneckModel(PosthocConceptBottleneck.from_bank(bank), num_classes=4)
+    fit = fit_posthoc_cbm(model, dm, lam=[3.0, 1e-3, 0.03])  # 3.0 zeroes every weight
+    sel = fit.selection
+    assert sel.param == "lam" and sel.value != 3.0 and sel.refit_rows == 1500
+    assert sel.by == "5-fold cross-validation over train + validation (1500 rows)"
+    assert sel.scores[3.0] < 0.5 < 0.9 < sel.scores[sel.value]
+    assert fit.accuracy["test"] > probe - 0.03
+    assert "chosen by 5-fold" in fit.table() and "not held out" in fit.table()
+    # the loaded head is the refit on train + validation with the chosen strength
+    from bottlenecks.models.posthoc import concept_inputs
+
+    x = torch.cat([dm.split("train").x, dm.split("val").x])
+    y = torch.cat([dm.split("train").y, dm.split("val").y])
+    W, b = fit_sparse_head(concept_inputs(model, x)[0], y, 4, lam=sel.value)
+    assert torch.allclose(model.head.weight, W, atol=1e-5) and torch.allclose(model.head.bias, b, atol=1e-5)
+    # above cv_max_rows: fitted on train, scored on the validation split, then refitted on both
+    big = fit_posthoc_cbm(BottleneckModel(PosthocConceptBottleneck.from_bank(bank), num_classes=4), dm,
+                          lam=[3.0, 1e-3], cv_max_rows=1000).selection
+    assert big.by == "validation split (300 rows)" and big.value == 1e-3 and big.refit_rows == 1500
+    # the knowledge-prior head's strength is chosen the same way
+    prior = fit_posthoc_cbm(BottleneckModel(PosthocConceptBottleneck.from_bank(bank), num_classes=4), dm,
+                            head="prior", prior_weight=[100.0, 1e-3]).selection
+    assert prior.param == "prior_weight" and prior.value == 1e-3 and prior.scores[100.0] < prior.scores[1e-3]
+    # one value: no selection, the head fits the training split as before
+    assert fit_posthoc_cbm(BottleneckModel(PosthocConceptBottleneck.from_bank(bank), num_classes=4), dm,
+                           lam=1e-3).selection is None
+
+
+def test_equal_held_out_scores_go_to_the_stronger_penalty():
+    from bottlenecks.models.posthoc import select_concept_head
+
+    u, y = torch.randn(60, 3), torch.arange(60) % 2
+    tried = []
+
+    def fit(uu, yy, v):  # the same head whatever the strength: every score ties
+        tried.append(v)
+        return torch.zeros(2, 3), torch.tensor([1.0, 0.0])
+
+    W, b, sel = select_concept_head(fit, "lam", [1e-3, 1.0, 0.1], u, y, folds=3)
+    assert sel.value == 1.0 and len(set(sel.scores.values())) == 1 and sel.refit_rows == 60
+    assert len(tried) == 3 * 3 + 1  # three strengths x three folds, then the refit
+    with pytest.raises(ValueError, match="folds must be >= 2, got 1"):
+        select_concept_head(fit, "lam", [1.0], u, y, folds=1)
+
+
+def test_yaml_head_strength_grid_is_logged_and_kept_in_the_checkpoint(tmp_path, concept_arrays):
+    config, run = _config(tmp_path, concept_arrays, residual=False)
+    config["trainer"]["callbacks"][0]["init_args"] = {"lam": [3.0, 0.001]}
+    cfg = tmp_path / "pcbm.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(cfg)])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/task_acc"] > 0.9
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state = next(v for k, v in ckpt["callbacks"].items() if "PosthocCBMFit" in k)
+    sel = state["summary"]["selection"]
+    assert sel["param"] == "lam" and sel["value"] == 0.001 and sel["refit_rows"] == 1500
+    with pytest.raises(ValueError, match=r"lam must be a number or a list of numbers, got 'big'"):
+        from bottlenecks.models.posthoc import PosthocCBMFit
+
+        PosthocCBMFit(lam="big")
