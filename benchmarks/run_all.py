@@ -39,6 +39,7 @@ SCRIPTS: list[str] = [
     "bench_feature_cache",
     "bench_quantizers",
     "bench_mi",
+    "bench_exact_fits",
 ]
 
 #: the keys every row of ``rows()`` has

@@ -17,7 +17,7 @@ spec.loader.exec_module(run_all)
 
 #: smoke-run here: the others need the [bench] extra (quantisers' peers), or compile numba
 #: kernels / load lite0 weights for minutes on a cold cache (estimators, encoders)
-SMOKE = ["bench_training_overhead", "bench_streaming", "bench_data_shapes", "bench_feature_cache"]
+SMOKE = ["bench_training_overhead", "bench_streaming", "bench_data_shapes", "bench_feature_cache", "bench_exact_fits"]
 
 
 def _with_rows() -> list[str]:
