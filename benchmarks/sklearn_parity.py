@@ -126,8 +126,11 @@ def sklearn_columns(xtr, ctr, ytr, xte, cte, yte) -> dict[str, float]:  # noqa: 
     try:
         from bottlenecks.analysis.probes import sklearn_reference
     except ImportError:  # the checkout before issue 14 has no reference column: the same steps inline
-        sklearn_reference = _sklearn_reference_inline
-    return sklearn_reference(xtr, ytr, ctr, xte, yte, cte)
+        return _sklearn_reference_inline(xtr, ytr, ctr, xte, yte, cte)
+    ref = sklearn_reference(xtr, ytr, ctr, xte, yte, cte)
+    return {"concept_acc": ref["concept_acc"], "task_acc_independent": ref["task_independent"],
+            "task_acc_sequential": ref["task_sequential"], "probe_acc": ref["probe"],
+            "task_acc_all_concepts_given": ref["task_all_concepts_given"]}
 
 
 def _sklearn_reference_inline(xtr, ytr, ctr, xte, yte, cte) -> dict[str, float]:  # noqa: ANN001

@@ -132,6 +132,7 @@ def test_run_report_has_the_sklearn_reference_column(tmp_path, capsys):
     assert ref == pytest.approx(sklearn_reference(x[:2500], y[:2500], c[:2500], x[2500:], y[2500:], c[2500:]))
     assert m["test/task_acc"] >= ref["task_sequential"] - 0.01 and m["all_concepts_given"] == 1.0
     assert m["exact_fit"]["head"]["selection"] == "5-fold CV on 2500 rows"
+    assert m["exact_fit"]["concepts"]["select_by"] == m["exact_fit"]["head"]["select_by"] == "accuracy"
     assert m["linear_probe"]["selection"] == "5-fold CV on 2500 rows"
     out = capsys.readouterr().out
     assert "scikit-learn" in out and "exact fit, concepts: C = " in out and "linear probe: C = " in out
@@ -176,3 +177,36 @@ def test_image_folder_rows_held_out_for_validation_are_given_back(tmp_path):
         assert callback.exact_fit_summary[part]["selection"] == "5-fold CV on 140 rows"
     res = _trainer().test(model, dm, verbose=False)[0]
     assert res["test/concept_acc"] > 0.9 and res["test/task_acc"] > 0.85
+
+
+def _latent_problem(n=800, d=400, m=4, seed=0):
+    """Labels a noisy function of a 16-d part of many noisy features (like cached image
+    features): the problems where held-out accuracy and log-loss disagree about C."""
+    g = torch.Generator().manual_seed(seed)
+    rows = n + n // 2
+    latent = torch.randn(rows, 16, generator=g)
+    x = latent @ torch.randn(16, d, generator=g) / 4 + torch.randn(rows, d, generator=g)
+    x = (x - x.mean(0)) / x.std(0)
+    torch.randn(16, 6, generator=g), torch.randn(rows, 6, generator=g)  # the draws bench_exact_fits spends on concepts
+    y = (latent @ torch.randn(16, m, generator=g) + 0.5 * torch.randn(rows, m, generator=g)).argmax(-1)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def test_c_is_chosen_by_accuracy_with_log_loss_breaking_ties_within_a_standard_error():
+    from bottlenecks.analysis.probes import _choose, predict_linear
+
+    x, y, xt, yt = _latent_problem()
+    acc = {}
+    for select_by in ("default", "log_loss"):
+        fit = fit_linear(x, y, "multiclass", **({} if select_by == "default" else {"select_by": select_by}))
+        acc[select_by] = (predict_linear(fit.weight, xt).argmax(-1) == yt).float().mean().item()
+    assert fit.summary()["select_by"] == "log_loss"
+    # measured: 0.8475 by accuracy (the default, C = 0.01), 0.825 by log-loss (C = 0.1), 400 test rows
+    assert acc["default"] >= acc["log_loss"] + 0.01
+    # the rule itself: errors within one standard error of the best tie, and the loss decides
+    losses = torch.tensor([3.0, 1.0, 2.0])
+    assert _choose(losses, torch.tensor([0.10, 0.11, 0.30]), scored=400).item() == 1  # se = 0.015
+    assert _choose(losses, torch.tensor([0.10, 0.13, 0.30]), scored=400).item() == 0
+    assert _choose(losses, None).item() == 1
+    with pytest.raises(ValueError, match="select_by must be 'accuracy' or 'log_loss', got 'auc'"):
+        fit_linear(x, y, "multiclass", select_by="auc")

@@ -53,7 +53,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from bottlenecks.analysis.probes import CV_FOLDS, CV_MAX_ROWS, DEFAULT_CS, fit_linear
+from bottlenecks.analysis.probes import CV_FOLDS, CV_MAX_ROWS, DEFAULT_CS, SELECT_BY, fit_linear
 
 MODES = ("independent", "sequential", "joint")
 
@@ -314,6 +314,9 @@ class CBMTrainingMode(TrainingStages):
             ``C``; None: :data:`~bottlenecks.analysis.probes.DEFAULT_CS`).
         cv_folds, cv_max_rows: ``C`` is chosen by ``cv_folds``-fold cross-validation over train +
             validation rows when there are at most ``cv_max_rows``, else on the validation rows.
+        select_by: ``"accuracy"`` (default: held-out accuracy, log-loss deciding between
+            strengths within a standard error) or ``"log_loss"`` (better-calibrated concept
+            probabilities; see :data:`~bottlenecks.analysis.probes.SELECT_BY`).
 
     After fitting, :attr:`exact_fit_summary` says what was fitted exactly, on how many rows,
     with which ``C`` and how it was chosen (the run report prints it).
@@ -337,6 +340,7 @@ class CBMTrainingMode(TrainingStages):
         Cs: list[float] | None = None,
         cv_folds: int = CV_FOLDS,
         cv_max_rows: int = CV_MAX_ROWS,
+        select_by: Literal["accuracy", "log_loss"] = SELECT_BY,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -350,6 +354,8 @@ class CBMTrainingMode(TrainingStages):
             )
         if cv_folds < 2:
             raise ValueError(f"cv_folds must be >= 2, got {cv_folds}")
+        if select_by not in ("accuracy", "log_loss"):
+            raise ValueError(f"select_by must be 'accuracy' or 'log_loss', got {select_by!r}")
         if Cs is not None and (not Cs or min(Cs) <= 0):
             raise ValueError(f"Cs must be positive inverse regularisation strengths, got {Cs}")
         self.mode = mode
@@ -359,6 +365,7 @@ class CBMTrainingMode(TrainingStages):
         self.Cs = tuple(Cs) if Cs is not None else DEFAULT_CS
         self.cv_folds = int(cv_folds)
         self.cv_max_rows = int(cv_max_rows)
+        self.select_by = select_by
         self.exact_fit_summary: dict[str, Any] = {}
         super().__init__(self._build(concept_epochs or 1), why_concepts=self._WHY[mode])
 
@@ -407,7 +414,7 @@ class CBMTrainingMode(TrainingStages):
         if not resumed:
             self.exact_fit_summary = fit_cbm_exactly(
                 pl_module, _exact_fit_data(trainer, pl_module), self.mode, Cs=self.Cs, folds=self.cv_folds,
-                cv_max_rows=self.cv_max_rows, fit_head=head is not None)
+                cv_max_rows=self.cv_max_rows, fit_head=head is not None, select_by=self.select_by)
             rank_zero_info(f"{self.mode} CBM, exact fit: {self.exact_fit_summary}")
         if self.mode == "joint":
             return  # joint training goes on from the exact fit
@@ -479,6 +486,7 @@ def fit_cbm_exactly(
     folds: int = CV_FOLDS,
     cv_max_rows: int = CV_MAX_ROWS,
     fit_head: bool = True,
+    select_by: str = SELECT_BY,
 ) -> dict[str, Any]:
     """Fit a CBM's linear concept predictor and (``fit_head``) its linear head exactly, in place.
 
@@ -489,7 +497,7 @@ def fit_cbm_exactly(
             unlabelled) and optionally ``x_val``, ``y_val``, ``concepts_val``.
         mode: ``"independent"`` (the head on ground-truth concepts), ``"sequential"`` or
             ``"joint"`` (the head on the fitted predictor's outputs).
-        Cs, folds, cv_max_rows: see :func:`~bottlenecks.analysis.probes.fit_linear`.
+        Cs, folds, cv_max_rows, select_by: see :func:`~bottlenecks.analysis.probes.fit_linear`.
 
     Returns:
         ``{"concepts": {...}, "head": {...}}``: per part the chosen ``C`` (one per concept for the
@@ -510,7 +518,7 @@ def fit_cbm_exactly(
             hv = None if data.get("x_val") is None else model.norm(torch.as_tensor(data["x_val"]).float().to(dev)).cpu()
         c, cv = data["concepts"], data.get("concepts_val")
         has_val = hv is not None and cv is not None
-        kw = dict(Cs=Cs, folds=folds, cv_max_rows=cv_max_rows)
+        kw = dict(Cs=Cs, folds=folds, cv_max_rows=cv_max_rows, select_by=select_by)
         fit = fit_linear(h, c, "binary", hv if has_val else None, cv if has_val else None, **kw)
         with torch.no_grad():
             predictor.weight.copy_(fit.weight[:-1].T.to(predictor.weight))
