@@ -179,17 +179,17 @@ def test_image_folder_rows_held_out_for_validation_are_given_back(tmp_path):
     assert res["test/concept_acc"] > 0.9 and res["test/task_acc"] > 0.85
 
 
-def _latent_problem(n=800, d=400, m=4, seed=0):
-    """Labels a noisy function of a 16-d part of many noisy features (like cached image
-    features): the problems where held-out accuracy and log-loss disagree about C."""
-    g = torch.Generator().manual_seed(seed)
-    rows = n + n // 2
-    latent = torch.randn(rows, 16, generator=g)
-    x = latent @ torch.randn(16, d, generator=g) / 4 + torch.randn(rows, d, generator=g)
-    x = (x - x.mean(0)) / x.std(0)
-    torch.randn(16, 6, generator=g), torch.randn(rows, 6, generator=g)  # the draws bench_exact_fits spends on concepts
-    y = (latent @ torch.randn(16, m, generator=g) + 0.5 * torch.randn(rows, m, generator=g)).argmax(-1)
-    return x[:n], y[:n], x[n:], y[n:]
+def _latent_problem():
+    """The problem of benchmarks/bench_exact_fits.py at 800 x 400 (labels a noisy function of a
+    16-d part of many noisy features): held-out accuracy and log-loss disagree about C there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_exact_fits", Path(__file__).parents[1] / "benchmarks"
+                                                  / "bench_exact_fits.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    p = bench.problem(800, 400, 6, 4)
+    return p["x"], p["y"], p["x_test"], p["y_test"]
 
 
 def test_c_is_chosen_by_accuracy_with_log_loss_breaking_ties_within_a_standard_error():

@@ -264,7 +264,7 @@ def test_a_grid_of_head_strengths_is_chosen_by_cross_validation_and_refitted_on_
                            lam=1e-3).selection is None
 
 
-def test_equal_held_out_scores_go_to_the_stronger_penalty():
+def test_the_strongest_penalty_among_the_best_held_out_scores_wins():
     from bottlenecks.models.posthoc import select_concept_head
 
     u, y = torch.randn(60, 3), torch.arange(60) % 2
@@ -279,6 +279,16 @@ def test_equal_held_out_scores_go_to_the_stronger_penalty():
     assert len(tried) == 3 * 3 + 1  # three strengths x three folds, then the refit
     with pytest.raises(ValueError, match="folds must be >= 2, got 1"):
         select_concept_head(fit, "lam", [1.0], u, y, folds=1)
+    # the strongest penalty among the best, not the strongest overall: 1.0 predicts one class
+    u[:, 0] = 2.0 * y - 1
+
+    def fit2(uu, yy, v):
+        W = torch.zeros(2, 3)
+        if v < 1.0:
+            W[1, 0] = 1.0  # reads the column that is the label
+        return W, torch.tensor([0.0, 0.5])
+
+    assert select_concept_head(fit2, "lam", [1.0, 0.1, 1e-3], u, y, folds=3)[2].value == 0.1
 
 
 def test_yaml_head_strength_grid_is_logged_and_kept_in_the_checkpoint(tmp_path, concept_arrays):
