@@ -13,7 +13,7 @@ from _concept_data import sign_toy, trainer
 
 from bottlenecks.data.datamodule import ArrayDataModule
 from bottlenecks.layers.concept import ConceptBottleneck, IdentityBottleneck
-from bottlenecks.models.module import OPTIMIZER_DEFAULTS, BottleneckModel
+from bottlenecks.models.module import TRAINING_DEFAULTS, BottleneckModel
 
 
 def fit_toy(model_for, epochs: int = 15, seed: int = 0):
@@ -51,16 +51,16 @@ def test_joint_cbm_defaults_learn_the_toy_in_15_epochs():
 def test_explicit_options_win_and_the_resolved_values_are_hyperparameters():
     cbm = ConceptBottleneck(16, num_concepts=4)
     measured = cbm.training_defaults()
-    assert measured and set(measured) <= set(OPTIMIZER_DEFAULTS)
+    assert measured and set(measured) <= set(TRAINING_DEFAULTS)
     model = BottleneckModel(cbm, num_classes=4)
-    for name, value in OPTIMIZER_DEFAULTS.items():
+    for name, value in TRAINING_DEFAULTS.items():
         assert model.hparams[name] == measured.get(name, value)
     mine = BottleneckModel(ConceptBottleneck(16, num_concepts=4), num_classes=4, lr=0.5, weight_decay=0.0,
                            lr_schedule="constant", warmup_fraction=0.1)
     assert (mine.hparams.lr, mine.hparams.weight_decay, mine.hparams.lr_schedule, mine.hparams.warmup_fraction) == (
         0.5, 0.0, "constant", 0.1)
     plain = BottleneckModel(IdentityBottleneck(16), num_classes=4)  # no measured defaults: the model's own
-    assert {k: plain.hparams[k] for k in OPTIMIZER_DEFAULTS} == OPTIMIZER_DEFAULTS
+    assert {k: plain.hparams[k] for k in TRAINING_DEFAULTS} == TRAINING_DEFAULTS
 
 
 def test_bad_schedule_options_are_named():

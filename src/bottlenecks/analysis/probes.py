@@ -14,9 +14,10 @@ All optimise scikit-learn's objectives (``LogisticRegression(C=...)``: mean loss
 :func:`fit_linear` chooses the strength ``C`` from a grid and refits: by ``folds``-fold
 cross-validation over every row it is given (train + validation) when there are at most
 ``cv_max_rows`` of them, otherwise on the validation rows; then it refits on train +
-validation with the chosen ``C``, so no row is held out for good. The criterion is the
-held-out loss (cross-entropy, or squared error), which is smoother than accuracy on small
-folds. The concept predictors and heads of independent/sequential CBMs
+validation with the chosen ``C``, so no row is held out for good. The criterion
+(``select_by``, default :data:`SELECT_BY`) is held-out accuracy, every ``C`` within one
+standard error of the best counting as tied and the held-out loss deciding among them; or
+the held-out loss alone (cross-entropy, or squared error). The concept predictors and heads of independent/sequential CBMs
 (:class:`~bottlenecks.models.stages.CBMTrainingMode`) and the run report's
 :func:`linear_probe` use it.
 
@@ -480,30 +481,41 @@ def linear_probe(
     max_iter: int = 100,
     folds: int = CV_FOLDS,
     cv_max_rows: int = CV_MAX_ROWS,
+    feature_scale: str = "shared",
 ) -> ProbeResult:
     """The black-box linear probe: ``C`` chosen by :func:`fit_linear` (k-fold CV on train + val
     when small, else on val), refitted on train + val, scored on test.
 
     Args:
-        x_*: ``(n, d)`` features (standardised here with training statistics);
-            y_*: ``(n,)`` class labels or regression targets.
+        x_*: ``(n, d)`` features; y_*: ``(n,)`` class labels or regression targets.
         task: ``"classification"`` (accuracy) or ``"regression"`` (R²).
         Cs: grid of inverse regularisation strengths (ridge uses ``alpha = 1 / C``).
+        feature_scale: how the features are scaled after centring on train + val — as
+            :class:`~bottlenecks.models.module.FeatureNorm` does for the model: ``"shared"``
+            (one scale for every dimension, the default) or ``"per_feature"`` (z-scores).
     """
+    from bottlenecks.models.module import FEATURE_SCALES
+
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if feature_scale not in FEATURE_SCALES:
+        raise ValueError(f"feature_scale must be one of {FEATURE_SCALES}, got {feature_scale!r}")
     with torch.inference_mode(False), torch.enable_grad():
-        return _linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, task, Cs, max_iter, folds, cv_max_rows)
+        return _linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, task, Cs, max_iter, folds, cv_max_rows,
+                             feature_scale)
 
 
-def _linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, task, Cs, max_iter, folds, cv_max_rows) -> ProbeResult:  # noqa: ANN001
+def _linear_probe(x_train, y_train, x_val, y_val, x_test, y_test, task, Cs, max_iter, folds, cv_max_rows,  # noqa: ANN001
+                  feature_scale) -> ProbeResult:  # noqa: ANN001
+    from bottlenecks.models.module import FeatureNorm
+
     xs = [_t(x).float() for x in (x_train, x_val, x_test)]
     for name, x in zip(("x_val", "x_test"), xs[1:]):
         if x.shape[1] != xs[0].shape[1]:
             raise ValueError(f"{name} has {x.shape[1]} features but x_train has {xs[0].shape[1]}")
-    both = torch.cat(xs[:2])
-    mean, std = both.mean(0), both.std(0).clamp_min(1e-8)
-    xs = [(x - mean) / std for x in xs]
+    norm = FeatureNorm(xs[0].shape[1], feature_scale)
+    norm.fit(torch.cat(xs[:2]))
+    xs = [norm(x) for x in xs]
     if task == "classification":
         ys = [_t(y).long() for y in (y_train, y_val, y_test)]
         n_classes = int(max(int(y.max()) for y in ys if len(y))) + 1
@@ -562,7 +574,7 @@ def sklearn_reference(
 
     Returns:
         ``probe`` (accuracy, or R² for regression) and, with concepts, ``concept_acc`` (mean over
-        concepts), ``task_sequential``, ``task_independent`` and ``task_all_concepts_given``
+        concepts), ``per_concept_acc`` (NaN where the test rows have no label), ``task_sequential``, ``task_independent`` and ``task_all_concepts_given``
         (the independent head on the true test concepts).
     """
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -590,9 +602,10 @@ def sklearn_reference(
             m = LogisticRegression(max_iter=1000).fit(xtr[rows], ctr[rows, j])
             p_tr[:, j], p_te[:, j] = m.predict_proba(xtr)[:, 1], m.predict_proba(xte)[:, 1]
         test_rows = ~np.isnan(cte[:, j])
-        if test_rows.any():
-            accs.append(float(((p_te[test_rows, j] > 0.5) == (cte[test_rows, j] > 0.5)).mean()))
-    out["concept_acc"] = float(np.mean(accs)) if accs else float("nan")
+        accs.append(float(((p_te[test_rows, j] > 0.5) == (cte[test_rows, j] > 0.5)).mean()) if test_rows.any()
+                    else float("nan"))
+    out["per_concept_acc"] = accs  # NaN: no test label
+    out["concept_acc"] = float(np.nanmean(accs)) if not np.isnan(accs).all() else float("nan")
     out["task_sequential"] = score(head().fit(p_tr, ytr), p_te, yte)
     true_tr = np.where(np.isnan(ctr), p_tr, ctr)
     independent = head().fit(true_tr, ytr)

@@ -179,7 +179,7 @@ def write_curves(run_dir: Path) -> Path | None:
 
 
 #: bump when the probe's definition changes, so cached results are not reused
-PROBE_VERSION = "lbfgs-logistic/ridge-v3-cv-refit-by-accuracy"
+PROBE_VERSION = "lbfgs-logistic/ridge-v4-cv-refit-by-accuracy-shared-scale"
 #: the same for the scikit-learn reference column
 REFERENCE_VERSION = "sklearn-reference-v1"
 

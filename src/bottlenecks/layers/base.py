@@ -238,9 +238,10 @@ class Bottleneck(NamedConcepts, nn.Module):
         return []
 
     def training_defaults(self) -> dict[str, Any]:
-        """Optimiser settings measured for this method (``lr``, ``weight_decay``,
-        ``lr_schedule``, ``warmup_fraction``); the model uses them where its own option is
-        left unset (None). Default: none (the model's lr 1e-3, no weight decay, cosine)."""
+        """Training settings measured for this method (``lr``, ``weight_decay``,
+        ``lr_schedule``, ``warmup_fraction``, ``feature_scale``); the model uses them where its
+        own option is left unset (None). Default: none (the model's lr 1e-3, no weight decay,
+        cosine, per-feature z-scores)."""
         return {}
 
     # ------------------------------------------------------------------ stages
