@@ -13,12 +13,17 @@ Two measurements, printed as tables:
    runs with only the data section changed (``ImageFolderDataModule``, Lite0 at 96 px), and
    scikit-learn's ``LogisticRegression(max_iter=1000)`` is fitted on the same cached features
    and on every training row of the CSV (a user with scikit-learn would use them all).
+   Then the same images re-split ``--resplits`` times (1800 / 600 rows, seeds 100 + i), the
+   exact fits run per split as ``CBMTrainingMode`` runs them: mean ± standard error, because
+   one 600-row test set moves the task row by about a point (the label reads an invisible
+   coin; :func:`resplit_table`).
 2. **The 16-D Gaussian toy** from Python: features ``N(0, I)``, four concepts each the sign of
    one coordinate, the features then perturbed by 5 % noise, label ``c0 + 2 c1``, 2000/500/500
    rows, ``BottleneckModel(ConceptBottleneck(16, concept_names=list("abcd")), num_classes=4,
    lr=1e-2)`` with each training mode for 15 and 40 epochs.
 
-    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sklearn_parity.py [--out DIR]
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sklearn_parity.py [--out DIR] [--skip-toy]
+        [--resplits 8] [--feature-scale shared|per_feature]
 """
 
 from __future__ import annotations
@@ -196,7 +201,7 @@ def image_table(out: Path) -> str:
     return "\n".join(rows)
 
 
-def resplit_table(out: Path, splits: int) -> str:
+def resplit_table(out: Path, splits: int, feature_scale: str | None = None) -> str:
     """The same comparison over ``splits`` random 1800/600 re-splits of the 2400 images.
 
     One split's test rows decide little here: two concepts are coin flips the encoder cannot
@@ -205,6 +210,7 @@ def resplit_table(out: Path, splits: int) -> str:
     features are scaled as the model does at fit start, fitted by ``fit_cbm_exactly`` (what
     ``CBMTrainingMode`` runs for the CLI) on all 1800 training rows, and the run report's probe;
     scikit-learn as in :func:`sklearn_columns`. Mean and standard error over the splits.
+    ``feature_scale``: the model's and the probe's feature scaling (None: the defaults).
     """
     from bottlenecks.analysis.probes import linear_probe
     from bottlenecks.layers.concept import ConceptBottleneck
@@ -225,7 +231,8 @@ def resplit_table(out: Path, splits: int) -> str:
         tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
         x, y, c, xt, yt, ct = x_all[tr], y_all[tr], c_all[tr], x_all[te], y_all[te], c_all[te]
         for mode in ("independent", "sequential"):
-            model = BottleneckModel(ConceptBottleneck(x.shape[1], concept_names=CONCEPTS), num_classes=2)
+            model = BottleneckModel(ConceptBottleneck(x.shape[1], concept_names=CONCEPTS), num_classes=2,
+                                    feature_scale=feature_scale)
             model.norm.fit(x)
             fit_cbm_exactly(model, {"x": x, "y": y, "concepts": c}, mode)
             with torch.no_grad():
@@ -235,14 +242,16 @@ def resplit_table(out: Path, splits: int) -> str:
         ours["concept_acc"].append(float(hits.mean()))
         ours["visible_concept_acc"].append(float(hits[visible].mean()))
         n_fit = N_TRAIN * 9 // 10  # the run report's probe sees train and val rows, as the CLI splits them
-        ours["probe_acc"].append(linear_probe(x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:], xt, yt).test)
+        ours["probe_acc"].append(linear_probe(x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:], xt, yt,
+                                              feature_scale=feature_scale or "shared").test)
         sk = sklearn_columns(x.numpy(), c.numpy(), y.numpy(), xt.numpy(), ct.numpy(), yt.numpy())
         for k in names[:4]:
             theirs[k].append(sk[k])
         theirs["visible_concept_acc"].append(float(np.mean([sk["per_concept_acc"][j] for j in visible])))
     def cell(v: list[float]) -> str:
         return f"{np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
-    rows = [f"mean ± standard error over {splits} re-splits (1800 train / 600 test rows each)\n",
+    rows = [f"mean ± standard error over {splits} re-splits (1800 train / 600 test rows each), "
+            f"feature scale: {feature_scale or 'the defaults'}\n",
             "| | this framework (exact fits, the model's feature scaling) | scikit-learn LogisticRegression |",
             "|---|---|---|"]
     labels = {"concept_acc": "mean concept accuracy (9)", "visible_concept_acc": "mean concept accuracy, the 7 drawn",
@@ -314,6 +323,8 @@ def main() -> None:
     p.add_argument("--skip-images", action="store_true", help="only the Gaussian toy")
     p.add_argument("--skip-toy", action="store_true", help="only the image-folder table")
     p.add_argument("--resplits", type=int, default=8, help="random re-splits of the image table (0: none)")
+    p.add_argument("--feature-scale", choices=["shared", "per_feature"], default=None,
+                   help="the re-split table's feature scaling (default: the model's and probe's defaults)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -328,7 +339,7 @@ def main() -> None:
         print(image_table(out))
         if args.resplits:
             print("\nthe image folder, re-split\n")
-            print(resplit_table(out, args.resplits))
+            print(resplit_table(out, args.resplits, args.feature_scale))
     print(f"load: {Path('/proc/loadavg').read_text().strip() if Path('/proc/loadavg').exists() else '?'}")
 
 

@@ -208,7 +208,7 @@ class BottleneckModel(L.LightningModule):
 
     def _resolve_optimizer_defaults(self, bottleneck: Bottleneck) -> None:
         """Fill the optimiser options left unset from the bottleneck's measured defaults, then
-        :data:`OPTIMIZER_DEFAULTS`; check them."""
+        :data:`TRAINING_DEFAULTS`; check them."""
         measured = dict(bottleneck.training_defaults())
         known = TRAINING_DEFAULTS
         unknown = sorted(set(measured) - set(known))
