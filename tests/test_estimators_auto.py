@@ -45,6 +45,12 @@ def test_auto_discrete_pairs_and_mixed_pairs():
     assert r.value == pytest.approx(math.log(4), abs=0.01)
     # floats with few distinct values count as discrete too
     assert estimate_mi(x.double(), (x % 4).double()).method == "binning"
+    # several float columns: discrete when the rows (not each column) take few values
+    few = torch.randint(0, 5, (4000, 2), generator=g).double()  # <= 25 distinct rows, sqrt(n) = 63
+    assert estimate_mi(few, few[:, :1]).method == "binning"
+    grid = torch.randint(0, 40, (4000, 2), generator=g).double()  # 40 per column, ~1600 distinct rows
+    mixed = estimate_mi(grid, few)
+    assert mixed.method == "ksg" and mixed.settings["discrete_y"] is True
     # continuous x, discrete labels (either order): Ross's estimator
     c = torch.randn(3000, generator=g)
     lab = (c > 0).long()
