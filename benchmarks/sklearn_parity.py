@@ -248,6 +248,7 @@ def resplit_table(out: Path, splits: int, feature_scale: str | None = None) -> s
         for k in names[:4]:
             theirs[k].append(sk[k])
         theirs["visible_concept_acc"].append(float(np.mean([sk["per_concept_acc"][j] for j in visible])))
+
     def cell(v: list[float]) -> str:
         return f"{np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
     rows = [f"mean ± standard error over {splits} re-splits (1800 train / 600 test rows each), "
