@@ -117,3 +117,28 @@ def test_model_feature_scale_follows_the_bottleneck_defaults():
     with pytest.raises(ValueError, match="feature_scale must be one of"):
         BottleneckModel(ConceptBottleneck(8, num_concepts=3), num_classes=2, feature_scale="zscore",
                         standardize_features=False)
+
+
+def test_checkpoints_from_before_feature_scale_reload_as_per_feature(tmp_path):
+    import lightning as L
+
+    from bottlenecks.data.datamodule import ArrayDataModule
+    from bottlenecks.layers.concept import ConceptBottleneck
+    from bottlenecks.models import BottleneckModel
+
+    x, y = _data(n=200, d=8, k=2)
+    dm = ArrayDataModule.from_arrays(x_train=x[:150], y_train=y[:150], x_test=x[150:], y_test=y[150:], batch_size=50)
+    model = BottleneckModel(ConceptBottleneck(8, num_concepts=3), num_classes=2)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(model, dm)
+    path = tmp_path / "new.ckpt"
+    trainer.save_checkpoint(path)
+    fresh = lambda: ConceptBottleneck(8, num_concepts=3)  # noqa: E731 - built from Python: not a hyperparameter
+    assert BottleneckModel.load_from_checkpoint(path, bottleneck=fresh()).norm.scale == "shared"
+    old = torch.load(path, weights_only=True)
+    del old["hyper_parameters"]["feature_scale"]  # what a checkpoint written before the option holds
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = BottleneckModel.load_from_checkpoint(tmp_path / "old.ckpt", bottleneck=fresh())
+    assert loaded.hparams.feature_scale == "per_feature" and loaded.norm.scale == "per_feature"
+    assert torch.equal(loaded.norm.std, model.norm.std)  # the saved statistics, whatever their kind

@@ -556,6 +556,12 @@ class BottleneckModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_format(checkpoint)
+        # Checkpoints from before feature_scale existed z-scored every model's features: their
+        # saved statistics (buffers) are per-feature, so say so rather than the new default.
+        if "feature_scale" not in checkpoint.get("hyper_parameters", {"feature_scale": None}):
+            self.hparams["feature_scale"] = "per_feature"
+            if isinstance(self.norm, FeatureNorm):
+                self.norm.scale = "per_feature"
         # the parameters are loaded after this hook: the log is attached in load_state_dict
         self.__dict__["_pending_edit_log"] = checkpoint.get("edit_log", {})
 
