@@ -18,8 +18,8 @@ validation with the chosen ``C``, so no row is held out for good. The criterion
 (``select_by``, default :data:`SELECT_BY`) is held-out accuracy, every ``C`` within one
 standard error of the best counting as tied and the held-out loss deciding among them; or
 the held-out loss alone (cross-entropy, or squared error). The concept predictors and heads
-of independent/sequential CBMs (:class:`~bottlenecks.models.stages.CBMTrainingMode`) and the run report's
-:func:`linear_probe` use it.
+of independent/sequential CBMs (:class:`~bottlenecks.models.stages.CBMTrainingMode`) and the
+run report's :func:`linear_probe` use it.
 
 :func:`sklearn_reference` is the obvious baseline the run report prints next to the
 framework's numbers: scikit-learn's ``LogisticRegression`` probe and sequential CBM.
@@ -575,7 +575,8 @@ def sklearn_reference(
     Returns:
         ``probe`` (accuracy, or R² for regression) and, with concepts, ``concept_acc`` (mean over
         concepts), ``per_concept_acc`` (NaN where the test rows have no label),
-        ``task_sequential``, ``task_independent`` and ``task_all_concepts_given`` (the independent head on the true test concepts).
+        ``task_sequential``, ``task_independent`` and ``task_all_concepts_given`` (the independent
+        head on the true test concepts).
     """
     from sklearn.linear_model import LogisticRegression, Ridge
 
