@@ -165,6 +165,17 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, concept_arrays, capsys):
     assert "Traceback" not in err
 
 
+def test_concept_predictor_with_hidden_layers_and_dropout():
+    # (dropout was passed where the activation's name goes: every such layer failed to build)
+    layer = ConceptBottleneck(8, num_concepts=3, hidden=[16], dropout=0.5)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in layer.modules())
+    layer.train()
+    h = torch.ones(64, 8)
+    assert not torch.equal(layer(h).concepts, layer(h).concepts)  # dropout is active while training
+    layer.eval()
+    assert torch.equal(layer(h).concepts, layer(h).concepts)
+
+
 def test_identity_bottleneck_is_the_black_box(concept_arrays):
     dm = _dm(concept_arrays)
     model = BottleneckModel(IdentityBottleneck(20), num_classes=4, lr=5e-2)

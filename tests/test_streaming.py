@@ -114,3 +114,21 @@ def test_training_streamed_from_the_feature_cache_learns(tmp_path, stream):
     assert trainer.train_dataloader.sampler.epoch == 3  # Lightning reshuffles every epoch
     acc = trainer.test(model, dm, verbose=False)[0]["test/task_acc"]
     assert acc > 0.9
+
+
+def test_streamed_steps_per_batch_make_the_updates_of_one(tmp_path):
+    # several minibatches per Lightning batch cut the same streamed row order into larger pieces
+    _image_folder(tmp_path)
+    weights = []
+    for k in (1, 4):
+        dm = _FlatFolder(root=str(tmp_path), image_size=4, cache_dir=str(tmp_path / "c"), batch_size=16,
+                         stream=True, stream_block_rows=20, stream_buffer_blocks=2, steps_per_batch=k)
+        L.seed_everything(0)
+        model = BottleneckModel(ConceptBottleneck(48, concept_names=dm.concept_names), num_classes=2, lr=0.05)
+        trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+        trainer.fit(model, dm)
+        assert trainer.global_step == 3 * 12 and trainer.num_training_batches == -(-12 // k)
+        weights.append(model.state_dict())
+    for name, p in weights[0].items():
+        assert torch.equal(p, weights[1][name]), name

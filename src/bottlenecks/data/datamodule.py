@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -33,6 +33,36 @@ from bottlenecks.data.validation import (
 from bottlenecks.naming import NamedConcepts
 
 SPLITS = ("train", "val", "test")
+
+#: rows per Lightning training batch that ``steps_per_batch="auto"`` aims at: Lightning's
+#: per-batch cost (about 1 ms) is then spread over ``AUTO_ROWS_PER_BATCH / batch_size`` steps
+AUTO_ROWS_PER_BATCH = 8192
+
+
+def batch_hooks_allow_grouping(trainer: L.Trainer) -> bool:
+    """Whether grouping several optimiser steps into one Lightning batch leaves this trainer's
+    behaviour unchanged: one process, no gradient accumulation, whole epochs, validation and
+    checkpoints by epoch, and no callback that acts on every training batch (progress bars,
+    :class:`~bottlenecks.models.stages.TrainingStages` and epoch-cadence checkpoints excepted)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+
+    from bottlenecks.models.stages import TrainingStages
+
+    if trainer.world_size > 1 or trainer.accumulate_grad_batches != 1:
+        return False
+    limit = trainer.limit_train_batches  # (an int counts batches: 1 is one batch, not the whole epoch)
+    if (limit is not None and (isinstance(limit, int) or limit != 1.0)) or isinstance(trainer.val_check_interval, int):
+        return False
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            if cb._every_n_train_steps or cb._train_time_interval is not None:
+                return False
+        elif not isinstance(cb, (ProgressBar, TrainingStages)) and any(
+            getattr(type(cb), h) is not getattr(L.Callback, h)
+            for h in ("on_train_batch_start", "on_train_batch_end")
+        ):
+            return False
+    return True
 
 
 class FeatureBatches(Dataset):
@@ -369,12 +399,21 @@ class FeatureDataModule(NamedConcepts, L.LightningDataModule):
     #: the paired text encoder (concept sentences, unit naming), linked into the model
     text_encoder_spec: str | dict[str, Any] | None = None
 
-    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0) -> None:
+    def __init__(
+        self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0,
+        steps_per_batch: int | Literal["auto"] = "auto",
+    ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        if steps_per_batch != "auto" and (
+            not isinstance(steps_per_batch, int) or isinstance(steps_per_batch, bool) or steps_per_batch < 1
+        ):
+            raise ValueError(f"steps_per_batch must be a positive integer or 'auto', got {steps_per_batch!r}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        #: optimiser steps per Lightning training batch (see :meth:`train_steps_per_batch`)
+        self.steps_per_batch = steps_per_batch
         self.seed = seed
         self._splits: dict[str, FeatureBatches | StreamedFeatureBatches] = {}
 
@@ -387,6 +426,27 @@ class FeatureDataModule(NamedConcepts, L.LightningDataModule):
     def train_features(self) -> Tensor:
         return self.split("train").x
 
+    def train_steps_per_batch(self) -> int:
+        """Optimiser steps per Lightning training batch under this datamodule's trainer.
+
+        The training loader serves ``k * batch_size`` rows per batch and the model takes one step
+        per ``batch_size`` of them: the same updates in the same order as ``k = 1``, with
+        Lightning's per-batch hooks paid once per ``k`` steps. ``"auto"``: ``k`` such that a batch
+        holds about :data:`AUTO_ROWS_PER_BATCH` rows, and 1 wherever per-batch behaviour would
+        change (no trainer, several processes, gradient accumulation, ``limit_train_batches``,
+        a step-interval ``val_check_interval`` or checkpoint, a callback acting on every batch)."""
+        if self.steps_per_batch != "auto":
+            return int(self.steps_per_batch)
+        trainer = self.trainer
+        if trainer is None or not batch_hooks_allow_grouping(trainer):
+            return 1
+        return max(1, AUTO_ROWS_PER_BATCH // self.batch_size)
+
+    def train_rows(self) -> int:
+        """Rows one training epoch serves in this process."""
+        train = self.split("train")
+        return train.n if isinstance(train, StreamedFeatureBatches) else len(train)
+
     def train_dataloader(self) -> DataLoader:
         train = self.split("train")
         if isinstance(train, StreamedFeatureBatches):
@@ -397,8 +457,11 @@ class FeatureDataModule(NamedConcepts, L.LightningDataModule):
                     "streaming the training features from disk runs in one process only; under several "
                     "processes set data.stream=false (each rank then holds the features in memory)"
                 )
+        k = self.train_steps_per_batch()
+        if isinstance(train, StreamedFeatureBatches):
+            train.batch_size = self.batch_size * k
             return streamed_loader(train)
-        return batch_loader(train, self.batch_size, shuffle=True, seed=self.seed, **_shard(pad=True))
+        return batch_loader(train, self.batch_size * k, shuffle=True, seed=self.seed, **_shard(pad=True))
 
     def val_dataloader(self) -> DataLoader:
         return batch_loader(self.split("val"), self.eval_batch_size, shuffle=False, seed=self.seed, **_shard())
@@ -445,6 +508,10 @@ class BottleneckDataModule(FeatureDataModule):
             stream when the file is larger than half the memory available at setup.
         stream_block_rows / stream_buffer_blocks: rows per contiguous read / blocks held at
             once while streaming (the buffer is ``block_rows * buffer_blocks`` rows).
+        steps_per_batch: optimiser steps per Lightning training batch, or ``"auto"``: the loader
+            serves ``k * batch_size`` rows, the model steps once per ``batch_size`` of them — the
+            same updates as 1, with Lightning's per-batch cost paid once per ``k`` steps
+            (:meth:`train_steps_per_batch`, docs/performance.md).
     """
 
     def __init__(
@@ -460,8 +527,10 @@ class BottleneckDataModule(FeatureDataModule):
         stream: bool | None = None,
         stream_block_rows: int = 4096,
         stream_buffer_blocks: int = 8,
+        steps_per_batch: int | Literal["auto"] = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+                         steps_per_batch=steps_per_batch)
         self.stream = stream
         self.stream_block_rows = stream_block_rows
         self.stream_buffer_blocks = stream_buffer_blocks
@@ -579,6 +648,8 @@ class ArrayDataModule(FeatureDataModule):
         num_classes: inferred from the labels when None (classification).
         concept_names: names of the concept columns (default ``c0, c1, ...``).
         val_fraction: fraction of train held out for validation when no val split is given.
+        steps_per_batch: optimiser steps per Lightning training batch (see
+            :class:`BottleneckDataModule`).
     """
 
     def __init__(
@@ -593,8 +664,10 @@ class ArrayDataModule(FeatureDataModule):
         eval_batch_size: int = 1024,
         seed: int = 0,
         arrays: dict[str, Any] | None = None,
+        steps_per_batch: int | Literal["auto"] = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+                         steps_per_batch=steps_per_batch)
         if (path is None) == (arrays is None):
             raise ValueError("ArrayDataModule needs exactly one of `path` or arrays (use from_arrays)")
         where = str(path) if path is not None else "ArrayDataModule arrays"

@@ -7,7 +7,7 @@ shared.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from bottlenecks.data.base import ConceptDataset
 from bottlenecks.data.datamodule import BottleneckDataModule
@@ -68,9 +68,11 @@ class _TableDataModule(BottleneckDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 1024,
         seed: int = 0,
+        steps_per_batch: int | Literal["auto"] = "auto",
     ) -> None:
         self.split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=data_seed)
-        super().__init__(encoder="identity", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(encoder="identity", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+                         steps_per_batch=steps_per_batch)
 
     def make_dataset(self, split: str) -> ConceptDataset:
         from bottlenecks.data import tables

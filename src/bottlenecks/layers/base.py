@@ -444,8 +444,10 @@ class ConceptLayer(Bottleneck):
         return self.concept_names
 
     def _count_labels(self, concepts: Tensor | None) -> None:
-        if self.training and concepts is not None and int(self.concept_labels_seen) >= 0:
-            self.concept_labels_seen += (~torch.isnan(concepts)).sum().to(self.concept_labels_seen.device)
+        if self.training and concepts is not None:
+            # (-1: "unknown", from an old checkpoint, stays -1; no host sync on the training step)
+            seen = self.concept_labels_seen
+            seen.add_((~torch.isnan(concepts)).sum().to(seen.device) * (seen >= 0))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # Checkpoints written before the counter existed load with -1 ("unknown"), which the

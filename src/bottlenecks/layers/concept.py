@@ -71,7 +71,7 @@ class ConceptBottleneck(ConceptLayer):
         self.num_residual = int(num_residual)
         self.out_features = n + self.num_residual
         self.hard = hard
-        self.predictor = mlp(in_features, hidden or [], n, dropout)
+        self.predictor = mlp(in_features, hidden or [], n, dropout=dropout)
         self.residual = nn.Linear(in_features, self.num_residual) if self.num_residual > 0 else None
 
     def forward(

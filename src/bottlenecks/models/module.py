@@ -204,6 +204,8 @@ class BottleneckModel(L.LightningModule):
         self._text_encoder_spec = text_encoder
         self._loss_sums: dict[str, dict[str, Tensor]] = {}
         self._loss_counts: dict[str, int] = {}
+        self._minibatch: int | None = None  # rows per optimiser step when a batch carries several
+        self._direct_steps = False  # those steps call backward and the optimiser without Lightning's wrappers
         self._build_metrics()
 
     def _resolve_optimizer_defaults(self, bottleneck: Bottleneck) -> None:
@@ -334,7 +336,9 @@ class BottleneckModel(L.LightningModule):
         terms["loss"] = total
         return terms
 
-    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: dict[str, Tensor], stage: str, outputs: list | None = None) -> Tensor:
+        """The loss of one batch; its loss sums and metric updates for the epoch's log. With
+        ``outputs``, the (detached) predictions are appended there for one metric update later."""
         training = stage == "train"
         y_hat, out = self(batch["x"], concepts=batch.get("concepts") if training else None)
         terms = self.compute_losses(batch, y_hat, out)
@@ -346,17 +350,136 @@ class BottleneckModel(L.LightningModule):
             v = value.detach() * bs
             sums[name] = sums[name] + v if name in sums else v
         self._loss_counts[stage] = self._loss_counts.get(stage, 0) + bs
-        metrics = self.task_metrics[f"{stage}_"]
-        metrics.update(y_hat.detach(), batch["y"])
-        if f"{stage}_" in self.concept_metrics and out.concepts is not None and batch.get("concepts") is not None:
-            self.concept_metrics[f"{stage}_"].update(out.concepts.detach().float(), batch["concepts"])
         for name, value in out.metrics.items():
             v = torch.as_tensor(value).detach().float().reshape(()) * bs
             sums[name] = sums[name] + v if name in sums else v
+        labelled = out.concepts is not None and batch.get("concepts") is not None
+        pair = (y_hat.detach(), out.concepts.detach().float() if labelled else None)
+        if outputs is None:
+            self._update_metrics(stage, batch, *pair)
+        else:
+            outputs.append(pair)
         return terms["loss"]
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def _update_metrics(self, stage: str, batch: dict[str, Tensor], y_hat: Tensor, concepts: Tensor | None) -> None:
+        self.task_metrics[f"{stage}_"].update(y_hat, batch["y"])
+        if concepts is not None and f"{stage}_" in self.concept_metrics:
+            self.concept_metrics[f"{stage}_"].update(concepts, batch["concepts"])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self._minibatch is None:
+            return self._step(batch, "train")
+        self._steps_over(batch, self._minibatch)
+        return None
+
+    # --------------------------------------------- several optimiser steps per batch
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._configure_steps_per_batch()
+
+    def _configure_steps_per_batch(self) -> None:
+        """Manual optimisation when the datamodule serves ``steps_per_batch`` > 1 minibatches per
+        Lightning batch: Lightning's per-batch hooks, closure and wrappers then run once per K
+        optimiser steps instead of once per step (docs/performance.md)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        k = dm.train_steps_per_batch() if hasattr(dm, "train_steps_per_batch") else 1
+        self._minibatch = int(dm.batch_size) if k > 1 else None
+        self.automatic_optimization = k == 1
+        if k == 1:
+            return
+        t = self.trainer
+        if t.world_size > 1:
+            raise ValueError(
+                f"data.steps_per_batch={k} runs in one process only (DDP reduces gradients once per "
+                "Lightning batch); under several processes leave it at 1"
+            )
+        if t.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"data.steps_per_batch={k} takes one optimiser step per minibatch; it cannot be combined with "
+                f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} (raise data.batch_size instead)"
+            )
+        self._direct_steps = self._nothing_hooks_the_step()
+        # step-counting callbacks look at global_step after each Lightning batch, i.e. every k steps
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in t.callbacks:
+            every = getattr(cb, "_every_n_train_steps", 0) if isinstance(cb, ModelCheckpoint) else 0
+            if every and every % k:
+                raise ValueError(
+                    f"ModelCheckpoint(every_n_train_steps={every}) is not a multiple of data.steps_per_batch={k}: "
+                    f"the step count advances by {k} per Lightning batch, so most of these checkpoints would "
+                    "never be written; use a multiple of it"
+                )
+
+    _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+
+    def _nothing_hooks_the_step(self) -> bool:
+        """Whether the minibatch steps may call ``backward`` and the optimiser directly: full precision
+        (no gradient scaler) and no callback or override of this module hooking into backward or
+        the optimiser step. Lightning's wrappers otherwise cost about half a millisecond a step,
+        as much as a small model's whole step on cached features; with any of those, every step
+        goes through them."""
+        from lightning.pytorch.plugins.precision import Precision
+
+        t = self.trainer
+        if type(t.precision_plugin) is not Precision:
+            return False
+        hooked = [cb for cb in t.callbacks
+                  if any(getattr(type(cb), h) is not getattr(L.Callback, h) for h in self._STEP_HOOKS)]
+        own = any(getattr(type(self), h) is not getattr(L.LightningModule, h) for h in self._STEP_HOOKS)
+        return not hooked and not own
+
+    def _steps_over(self, batch: dict[str, Tensor], rows: int) -> None:
+        """One optimiser step per ``rows`` rows of ``batch``, in order — the updates automatic
+        optimisation makes over the same minibatches (clipping and the per-step schedule included)."""
+        t = self.trainer
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        n = batch["x"].shape[0]
+
+        def rows_of(a: int, b: int) -> dict[str, Tensor]:
+            return {k: v[a:b] if isinstance(v, Tensor) and v.ndim and v.shape[0] == n else v for k, v in batch.items()}
+
+        # the metrics are updated once for the whole batch (a torchmetrics update per minibatch
+        # cost about a tenth of a small model's step), on the rows trained on, in order
+        outputs: list = []
+        done = 0
+        for start in range(0, n, rows):
+            if t.max_steps != -1 and t.global_step >= t.max_steps:
+                break
+            loss = self._step(rows_of(start, start + rows), "train", outputs)
+            done = min(n, start + rows)
+            if self._direct_steps:
+                opt.optimizer.zero_grad()
+                loss.backward()
+            else:
+                opt.zero_grad()
+                self.manual_backward(loss)
+            if t.gradient_clip_val:
+                self.clip_gradients(opt, gradient_clip_val=t.gradient_clip_val,
+                                    gradient_clip_algorithm=t.gradient_clip_algorithm)
+            if self._direct_steps:
+                progress = t.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+                progress.increment_ready()
+                opt.optimizer.step()
+                progress.increment_completed()
+            else:
+                opt.step()
+            if sched is not None:
+                sched.step()
+        if outputs:
+            concepts = None if outputs[0][1] is None else torch.cat([c for _, c in outputs])
+            self._update_metrics("train", rows_of(0, done), torch.cat([y for y, _ in outputs]), concepts)
+
+    def on_train_start(self) -> None:
+        # A run resumed with another steps_per_batch: Lightning counts automatic and manual
+        # optimiser steps apart; carry the count over so global_step (and max_steps) continue.
+        loop = self.trainer.fit_loop.epoch_loop
+        auto = loop.automatic_optimization.optim_progress.optimizer.step.total
+        manual = loop.manual_optimization.optim_step_progress.total
+        src, dst = (auto, manual) if self._minibatch is not None else (manual, auto)
+        if dst.completed < src.completed:
+            dst.ready = dst.completed = src.completed
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -652,7 +775,7 @@ class BottleneckModel(L.LightningModule):
         warmup = float(hp.get("warmup_fraction") or 0.0)
         if hp.lr_schedule == "constant" and warmup == 0:
             return opt
-        total = self.trainer.estimated_stepping_batches
+        total = self._optimizer_steps_total()
         if not math.isfinite(total) or total <= 0:
             return opt
         if warmup == 0 and hp.lr_schedule == "cosine":
@@ -661,6 +784,20 @@ class BottleneckModel(L.LightningModule):
             warm = max(1, round(warmup * total)) if warmup > 0 else 0
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _LRFactor(int(total), warm, hp.lr_schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _optimizer_steps_total(self) -> float:
+        """Optimiser steps this fit will take (the schedule's length)."""
+        t = self.trainer
+        total = t.estimated_stepping_batches
+        if self._minibatch is None or not math.isfinite(total) or t.max_epochs in (None, -1):
+            return total
+        # Lightning counts batches of K minibatches; an epoch takes ceil(rows / B) steps (the last
+        # Lightning batch may hold fewer than K), or K per batch when limit_train_batches cuts it short
+        k = t.datamodule.train_steps_per_batch()
+        per_epoch = -(-t.datamodule.train_rows() // self._minibatch)
+        per_epoch = min(per_epoch, int(t.num_training_batches) * k)
+        steps = per_epoch * t.max_epochs
+        return min(steps, t.max_steps) if t.max_steps != -1 else steps
 
 
 class _LRFactor:
