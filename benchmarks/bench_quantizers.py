@@ -189,6 +189,18 @@ def speed_rows(quick: bool = False, rounds: int = 7, threads: int = 1, memory: b
     return rows
 
 
+def floor_table(sizes: list[tuple[int, int, int]], rounds: int) -> None:
+    """Print our VQ against the distance-matmul floor alone, at every size and mode."""
+    print("| codebook | size | mode | ours ms | floor ms | ours / floor |\n|---|---|---|---:|---:|---:|")
+    for kind in ("vq-ema", "vq-learned"):
+        for size in sizes:
+            for mode in MODES:
+                torch.manual_seed(0)
+                t = _medians({impl: _build(kind, impl, size, mode) for impl in ("floor", "ours")}, rounds)
+                print(f"| {kind[3:]} | {size[0]} x {size[1]}, {size[2]} codes | {mode} | {t['ours'] * 1e3:.2f} | "
+                      f"{t['floor'] * 1e3:.2f} | {t['ours'] / t['floor']:.2f}x |", flush=True)
+
+
 # ------------------------------------------------------------------------ options
 def _digits() -> torch.Tensor:
     from sklearn.datasets import load_digits
@@ -341,6 +353,10 @@ def optimizer_rows(quick: bool = False, epochs: int = 30) -> list[dict]:
 def rows(quick: bool = False) -> list[dict]:
     """The table for ``benchmarks/run_all.py`` (quick: tiny sizes, 30 training steps, no memory
     subprocesses — a smoke test; the numbers worth reading come from the full run)."""
+    if args.part == "floor":
+        torch.set_num_threads(args.threads)
+        floor_table(QUICK_VQ_SIZES if args.quick else VQ_SIZES, rounds=3 if args.quick else args.repeats)
+        return
     missing = [m for m in REFERENCES if importlib.util.find_spec(m) is None]
     if missing:
         raise RuntimeError(f"bench_quantizers needs the reference packages {missing}: pip install -e '.[bench]'")
@@ -362,12 +378,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is stable on a shared machine; 2 = every core here)")
     parser.add_argument("--repeats", type=int, default=7, help="timing rounds (median of)")
-    parser.add_argument("--part", choices=("all", "speed", "options", "optimizers"), default="all")
+    parser.add_argument("--part", choices=("all", "speed", "options", "optimizers", "floor"), default="all",
+                        help="floor: our VQ against the distance matmul only (no reference package needed)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(_memory_case(json.loads(args.case))))
+        return
+    if args.part == "floor":
+        torch.set_num_threads(args.threads)
+        floor_table(QUICK_VQ_SIZES if args.quick else VQ_SIZES, rounds=3 if args.quick else args.repeats)
         return
     missing = [m for m in REFERENCES if importlib.util.find_spec(m) is None]
     if missing:
