@@ -261,15 +261,17 @@ def train_once(model: str, data: dict, options: dict[str, Any], epochs: int, see
 
 def grid(quick: bool, default_epochs: int, lrs: list[float] = list(LRS), schedules: list[str] = list(SCHEDULES),
          epochs: list[int] = list(EPOCHS), concept_loss_weights: list[float] = [1.0],
-         weight_decays: list[float] = list(WEIGHT_DECAYS)) -> tuple[list[tuple[dict, int]], list[float]]:
+         weight_decays: list[float] = list(WEIGHT_DECAYS),
+         feature_scales: list[str | None] = [None]) -> tuple[list[tuple[dict, int]], list[float]]:
     """Stage-1 settings (lr x schedule x epochs [x concept_loss_weight] at weight decay 1e-4) and
     the stage-2 decays."""
     if quick:
         return [({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4}, default_epochs)
                 for lr in (1e-2, 1e-1) for s in ("cosine", "cooldown")], []
     stage1 = [
-        ({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4, **({} if w == 1.0 else {"concept_loss_weight": w})}, e)
-        for lr, s, e, w in itertools.product(lrs, schedules, epochs, concept_loss_weights)
+        ({"lr": lr, **SCHEDULES[s], "weight_decay": 1e-4, **({} if w == 1.0 else {"concept_loss_weight": w}),
+          **({} if f is None else {"feature_scale": f})}, e)
+        for lr, s, e, w, f in itertools.product(lrs, schedules, epochs, concept_loss_weights, feature_scales)
     ]
     return stage1, list(weight_decays)
 
@@ -397,7 +399,8 @@ def leakage_table(seeds: list[int], out: Path) -> list[dict]:
 
 def fmt_setting(s: dict) -> str:
     weight = f", λ {s['concept_loss_weight']:g}" if "concept_loss_weight" in s else ""
-    return f"lr {s['lr']:g}, wd {s['weight_decay']:g}, {schedule_name(s)}, {s['epochs']} ep{weight}"
+    scale = f", {s['feature_scale']} scale" if "feature_scale" in s else ""
+    return f"lr {s['lr']:g}, wd {s['weight_decay']:g}, {schedule_name(s)}, {s['epochs']} ep{weight}{scale}"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -424,6 +427,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--epochs", nargs="+", type=int, default=list(EPOCHS), help="budgets of the grid")
     ap.add_argument("--concept-loss-weights", nargs="+", type=float, default=[1.0],
                     help="concept_loss_weight values of the grid (1 = the model's default, not in the setting's key)")
+    ap.add_argument("--feature-scales", nargs="+", default=[None], choices=["shared", "per_feature"],
+                    help="also sweep BottleneckModel's feature_scale (default: the bottleneck's own)")
     ap.add_argument("--weight-decays", nargs="+", type=float, default=list(WEIGHT_DECAYS), help="stage-2 decays")
     ap.add_argument("--default-epochs", type=int, default=15, help="budget of the default row (the shipped configs')")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "features"))
@@ -473,7 +478,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for model in args.models:
             summary.append(sweep(model, name, data, args.seeds, args.quick, args.default_epochs, runs, record,
                                  lrs=args.lrs, schedules=args.schedules, epochs=args.epochs,
-                                 concept_loss_weights=args.concept_loss_weights, weight_decays=args.weight_decays))
+                                 concept_loss_weights=args.concept_loss_weights, weight_decays=args.weight_decays,
+                                 feature_scales=args.feature_scales))
             saved["summary"] = summary
             path.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
     print(f"\nload {open('/proc/loadavg').read().split()[:3]}, torch threads {args.threads}; {path}")
