@@ -172,3 +172,16 @@ def test_make_intervention_broadcasts_numbers_and_rows():
         make_intervention(NAMES, 2, {"red": 1.0}, concepts=["red"])
     with pytest.raises(ValueError, match="intervention values have 3 entries but the model has 8 concepts"):
         make_intervention(NAMES, 2, torch.zeros(3))
+
+
+def test_label_counter_counts_labelled_entries_and_keeps_unknown():
+    layer = ConceptBottleneck(4, num_concepts=3).train()
+    c = torch.tensor([[1.0, 0.0, float("nan")], [0.0, float("nan"), float("nan")]])
+    layer(torch.randn(2, 4), concepts=c)
+    layer(torch.randn(2, 4), concepts=c)
+    assert int(layer.concept_labels_seen) == 6  # NaN entries are not labels
+    layer.concept_labels_seen.fill_(-1)  # "unknown": a checkpoint from before the counter
+    layer(torch.randn(2, 4), concepts=c)
+    assert int(layer.concept_labels_seen) == -1
+    layer.eval()(torch.randn(2, 4), concepts=c)  # evaluation never counts
+    assert int(layer.concept_labels_seen) == -1
