@@ -41,6 +41,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -362,29 +363,118 @@ class Bottleneck(NamedConcepts, nn.Module):
             )
         # One pass, no copy (aminmax, not abs().max()): NaN or inf input gives a non-finite
         # extreme, and finite values so large (3e38) that sums and squared distances overflow
-        # are caught by the larger magnitude.
+        # are caught by the larger magnitude. Under deferred checks the extremes of every
+        # batch are folded into one pair on the device and read at the flush.
         if h.numel():
-            lo, hi = (float(v) for v in torch.aminmax(h.detach()))
-            peak = max(-lo, hi)
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
-            if peak > MAX_FEATURE_MAGNITUDE:
-                raise ValueError(
-                    f"{type(self).__name__} received features of magnitude {peak:.3g}, above the "
-                    f"{MAX_FEATURE_MAGNITUDE:.0e} that sums and squared distances survive in float32; "
-                    "rescale or standardise the features"
-                )
+            self.check_soon("input range", torch.stack(torch.aminmax(h.detach())), self._raise_on_range,
+                            lambda a, b: torch.stack([torch.minimum(a[0], b[0]), torch.maximum(a[1], b[1])]))
+
+    def _raise_on_range(self, extremes: Tensor) -> None:
+        lo, hi = extremes.tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{type(self).__name__} received features containing NaN or inf")
+        peak = max(-lo, hi)
+        if peak > MAX_FEATURE_MAGNITUDE:
+            raise ValueError(
+                f"{type(self).__name__} received features of magnitude {peak:.3g}, above the "
+                f"{MAX_FEATURE_MAGNITUDE:.0e} that sums and squared distances survive in float32; "
+                "rescale or standardise the features"
+            )
+
+    # ------------------------------------------------- host reads without a device sync
+    # Reading a device value on the host (``bool(t.any())``, ``int(t)``, ``.item()``) makes the
+    # host wait for the device. A training step on cached features is a few small kernels, so
+    # on a GPU one such wait per step can cost as much as the step. Two tools keep them out of
+    # the step: host copies of rarely changing buffers, and checks whose verdict is read later.
+    @property
+    def deferring_checks(self) -> bool:
+        """True inside :func:`deferred_checks`: :meth:`check_soon` queues its checks, and the
+        layer takes the branch-free (sync-free) path where it has one."""
+        return self.__dict__.get("_defer_checks", False)
+
+    def host_value(self, key: str, t: Tensor, read: Any) -> Any:
+        """``read(t)`` (a host value: ``bool(t.any())``, ``int(t)``), read from the device only
+        when ``t`` changed since the last read: the cache is keyed by ``t``'s identity and its
+        version counter, which every in-place write (``copy_``, ``+=``, ``load_state_dict``)
+        advances."""
+        cache = self.__dict__.setdefault("_host_cache", {})
+        stamp = (id(t), t.data_ptr(), t.device, t._version)
+        hit = cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = read(t)
+        cache[key] = (stamp, value)
+        return value
+
+    def host_increment(self, key: str, t: Tensor) -> int:
+        """``t += 1`` for an integer step counter, returning the new count without reading the
+        device (the host copy is kept in step with the counter)."""
+        n = self.host_value(key, t, int) + 1
+        t += 1
+        self.__dict__["_host_cache"][key] = ((id(t), t.data_ptr(), t.device, t._version), n)
+        return n
+
+    def check_soon(self, key: str, value: Tensor, check: Any, combine: Any = None) -> None:
+        """Run ``check(value)`` — a host-side check that reads ``value`` and raises (or warns) —
+        now, or, inside :func:`deferred_checks`, at its end.
+
+        Deferred, one entry per ``key`` is kept: ``combine(old, new)`` folds the values on the
+        device (e.g. the running min/max of the inputs, so a bad batch is not forgotten), or the
+        newest replaces it when ``combine`` is None.
+        """
+        if not self.deferring_checks:
+            check(value)
+            return
+        pending = self.__dict__.setdefault("_pending_checks", {})
+        if key in pending and combine is not None:
+            value = combine(pending[key][0], value)
+        pending[key] = (value, check)
+
+    def flush_checks(self) -> None:
+        """Run the checks queued by :meth:`check_soon` (one device sync when any are queued)."""
+        pending = self.__dict__.pop("_pending_checks", None)
+        for value, check in (pending or {}).values():
+            check(value)
+
+
+@contextmanager
+def deferred_checks(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every :class:`Bottleneck` in ``module`` queues its host-side checks
+    (:meth:`Bottleneck.check_soon`) and takes its sync-free path; at the end the checks run,
+    so a bad batch still raises, once per block instead of once per call. ``enabled=False``:
+    nothing changes. :class:`~bottlenecks.models.module.BottleneckModel` wraps each Lightning
+    batch in this on accelerators (one device sync per batch of ``steps_per_batch`` steps).
+    """
+    layers = [m for m in module.modules() if isinstance(m, Bottleneck)] if enabled else []
+    before = [m.__dict__.get("_defer_checks", False) for m in layers]
+    for m in layers:
+        m.__dict__["_defer_checks"] = True
+    try:
+        yield
+    finally:
+        for m, b in zip(layers, before):
+            m.__dict__["_defer_checks"] = b
+        if not any(before):
+            for m in layers:
+                m.flush_checks()
 
 
 # --------------------------------------------------------------------- concept layers
-def masked_concept_bce(logits: Tensor, target: Tensor) -> Tensor:
-    """Binary cross-entropy over labelled concept entries only (NaN = unlabelled).
+def masked_concept_bce(logits: Tensor, target: Tensor, sync_free: bool = False) -> Tensor:
+    """Binary cross-entropy over labelled concept entries only (NaN = unlabelled); 0 when none is.
 
     Args:
         logits: ``(batch, num_concepts)``.
         target: ``(batch, num_concepts)`` in ``[0, 1]`` or NaN.
+        sync_free: weight unlabelled entries by 0 and divide the sum by the number labelled
+            (no data-dependent branch or boolean index, so no device sync; the same value up
+            to float rounding). Layers pass ``deferring_checks``.
     """
     labelled = ~torch.isnan(target)
+    if sync_free:
+        w = labelled.to(logits.dtype)
+        total = F.binary_cross_entropy_with_logits(logits, target.nan_to_num(0.0), weight=w, reduction="sum")
+        return total / w.sum().clamp_min(1.0)
     if labelled.all():  # the common case: no masked copies of logits and targets
         return F.binary_cross_entropy_with_logits(logits, target)
     if not labelled.any():
@@ -474,7 +564,7 @@ class ConceptLayer(Bottleneck):
                     f"the batch's concepts have shape {tuple(target.shape)} but {type(self).__name__} "
                     f"predicts {tuple(out.concepts.shape)} (batch, num_concepts)"
                 )
-            terms[CONCEPT_LOSS] = masked_concept_bce(out.concepts, target)
+            terms[CONCEPT_LOSS] = masked_concept_bce(out.concepts, target, self.deferring_checks)
         return terms
 
     def concept_supervision(self) -> int | None:

@@ -23,7 +23,17 @@ from torch import Tensor, nn
 
 from bottlenecks import distributed
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
-from bottlenecks.layers.codes import Distance, code_similarity, kmeans, nearest_codes, perplexity, reseed_codes
+from bottlenecks.layers.codes import (
+    Distance,
+    any_set,
+    code_counts,
+    code_similarity,
+    kmeans,
+    nearest_codes,
+    perplexity,
+    reseed_codes,
+    reseed_without_looking,
+)
 from bottlenecks.naming import accepts_renamed
 
 
@@ -124,13 +134,13 @@ class CodebookFeatures(Bottleneck):
     # ---------------------------------------------------------------- selection
     def select(self, h: Tensor) -> Tensor:
         """Indices ``(batch, top_k)`` of the active codes of ``h`` ``(batch, in_features)``, interventions applied."""
-        n_forced = int(self.forced.sum())
+        n_forced = self.host_value("forced", self.forced, lambda t: int(t.sum()))
         if n_forced > self.top_k:
             raise ValueError(f"{n_forced} codes are forced but only top_k={self.top_k} can be active")
         x, cb = h.detach(), self.codebook.detach()
         if self.distance == "cosine":
             x, cb = F.normalize(x, dim=-1), F.normalize(cb, dim=-1)
-        if n_forced == 0 and not bool(self.suppressed.any()):
+        if n_forced == 0 and not self.host_value("suppressed", self.suppressed, any_set):
             idx = nearest_codes(x.unsqueeze(0), cb.unsqueeze(0), self.top_k, self.distance)[0]
             return idx.unsqueeze(-1) if self.top_k == 1 else idx
         with torch.no_grad():
@@ -151,7 +161,7 @@ class CodebookFeatures(Bottleneck):
             "reconstruction": F.mse_loss(q, h.detach()),
             "commitment": F.mse_loss(h, q.detach()),
         }
-        counts = torch.bincount(idx.reshape(-1), minlength=self.codebook_size).unsqueeze(0).to(h.dtype)
+        counts = code_counts(idx, self.codebook_size).unsqueeze(0).to(h.dtype)
         if self.training:
             self._track_usage(h.detach(), counts[0])
         return BottleneckOutput(
@@ -173,14 +183,14 @@ class CodebookFeatures(Bottleneck):
         """
         distributed.all_reduce_sum_(counts)
         expected = counts.sum() / self.codebook_size
-        if not bool(self.usage.any()):  # first training batch: start at the uniform usage
-            self.usage.fill_(float(expected))
+        # first training batch (no usage yet): start at the uniform usage
+        self.usage.copy_(torch.where(self.usage.any(), self.usage, expected))
         self.usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
         if self.dead_code_threshold > 0:
             dead = self.usage < self.dead_code_threshold
-            if bool(dead.any()):
+            if reseed_without_looking(self) or bool(dead.any()):
                 reseed_codes(self.codebook.data.unsqueeze(0), dead.unsqueeze(0), h.unsqueeze(0))
-                self.usage.masked_fill_(dead, float(expected))
+                self.usage.masked_fill_(dead, expected)
 
     # ------------------------------------------------------------ interventions
     def _check_codes(self, codes: list[int] | Tensor) -> Tensor:

@@ -8,7 +8,7 @@ of independent codebooks at once (heads, stages, key–value heads).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +150,7 @@ def kmeans(
         assign = nearest_codes(x, centroids, 1, distance)  # (G, n)
         flat = (assign + offsets).reshape(-1)
         sums = torch.zeros(G * k, d, device=x.device).index_add_(0, flat, flat_x)
-        counts = torch.bincount(flat, minlength=G * k).to(x.dtype).unsqueeze(-1)
+        counts = code_counts(flat, G * k).to(x.dtype).unsqueeze(-1)
         means = (sums / counts.clamp_min(1.0)).view(G, k, d)
         if distance == "cosine":
             means = F.normalize(means, dim=-1)
@@ -181,7 +181,30 @@ def reseed_codes(codebook: Tensor, dead: Tensor, x: Tensor) -> Tensor:
     return fresh
 
 
-def dead_fraction(last_used: Tensor, steps: Tensor, window: int) -> Tensor:
+def any_set(t: Tensor) -> bool:
+    """``bool(t.any())`` — the reader :meth:`Bottleneck.host_value` caches for gate masks."""
+    return bool(t.any())
+
+
+def reseed_without_looking(layer: Any) -> bool:
+    """Whether ``layer``'s dead-code replacement may run without first reading whether any code
+    is dead (a device sync): under deferred checks in one process — the replacement is masked,
+    so with no dead code it writes nothing, at the cost of K random picks. Several processes
+    look first: the replacement broadcasts rank 0's picks, a collective every rank must join
+    or skip together."""
+    return layer.deferring_checks and not distributed.is_distributed()
+
+
+def code_counts(codes: Tensor, n: int) -> Tensor:
+    """How often each of ``n`` codes occurs in ``codes`` (any shape, int64): ``(n,)`` int64.
+
+    ``torch.bincount``'s values, without its device sync on a GPU (it reads the largest code
+    to size its output; here the size is given)."""
+    flat = codes.reshape(-1)
+    return torch.zeros(n, dtype=torch.long, device=codes.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
+def dead_fraction(last_used: Tensor, steps: Tensor, window: int, now: int | None = None) -> Tensor:
     """Fraction of codes chosen in none of the last ``window`` training batches (scalar).
 
     Args:
@@ -189,10 +212,12 @@ def dead_fraction(last_used: Tensor, steps: Tensor, window: int) -> Tensor:
         steps: scalar count of training steps so far.
         window: batches without a hit after which a code counts as dead (before ``window``
             steps have passed: codes never chosen yet).
+        now: ``int(steps)`` when the caller holds it on the host (no device read then).
     """
-    if int(steps) == 0:
+    now = int(steps) if now is None else now
+    if now == 0:
         return torch.zeros((), device=last_used.device)
-    stale = last_used == 0 if int(steps) < window else (steps - last_used) >= window
+    stale = last_used == 0 if now < window else (steps - last_used) >= window
     return stale.float().mean()
 
 

@@ -62,9 +62,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bottlenecks.naming import accepts_renamed
-from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, check_intervention
+from bottlenecks.layers.base import BottleneckOutput, ConceptLayer, check_intervention, masked_concept_bce
 
 _LOGIT_CLAMP = 50.0
+
+
+def _row_mean(v: Tensor, w: Tensor | None) -> Tensor:
+    """The mean of ``v`` ``(b, ...)``; with row weights ``w`` ``(b,)``, the weighted mean of its
+    row means (0 when every weight is 0)."""
+    if w is None:
+        return v.mean()
+    rows = v.reshape(v.shape[0], -1).mean(-1)
+    return (rows * w).sum() / w.sum().clamp_min(1.0)
 
 
 def _masked_logsumexp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
@@ -483,28 +492,31 @@ class EnergyConceptBottleneck(ConceptLayer):
                 "energies are fitted to them), but the batch has no 'concepts'"
             )
         e_con = out.extras["concept_energy"]
-        labelled = ~torch.isnan(c)
         logits = e_con[..., 0] - e_con[..., 1]
-        if labelled.any():
-            losses["concept_nll"] = F.binary_cross_entropy_with_logits(logits[labelled], c[labelled])
+        losses["concept_nll"] = masked_concept_bce(logits, c, self.deferring_checks)
+        full = (~torch.isnan(c)).all(-1)
+        if self.deferring_checks:
+            # no data-dependent branch or shape (device syncs): every row, weighted by whether
+            # all its concepts are labelled; the same loss as the rows selected below
+            w: Tensor | None = full.to(logits.dtype)
+            cf, yf = c.nan_to_num(0.0), y
         else:
-            losses["concept_nll"] = logits.sum() * 0.0
-        full = labelled.all(-1)
-        if not full.any():
-            losses["global_nll"] = logits.sum() * 0.0
-            return losses
-        cf, yf = c[full], y[full]
+            if not full.any():
+                losses["global_nll"] = logits.sum() * 0.0
+                return losses
+            w, cf, yf = None, c[full], y[full]
         if self.global_objective == "exact":
             table = out.extras.get("global_energy_table")
             if table is None:
                 table = self.global_energy_table()
             e_true = table[self.config_index(cf), yf]
-            losses["global_nll"] = e_true.mean() + torch.logsumexp(-table.flatten(), dim=0)
+            log_z = torch.logsumexp(-table.flatten(), dim=0)
+            losses["global_nll"] = _row_mean(e_true, w) + (log_z if w is None else log_z * (w.sum() > 0))
         else:
-            losses["global_nll"] = self._pseudo_likelihood(cf, yf)
+            losses["global_nll"] = self._pseudo_likelihood(cf, yf, w)
         return losses
 
-    def _pseudo_likelihood(self, c: Tensor, y: Tensor) -> Tensor:
+    def _pseudo_likelihood(self, c: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
         """``−log p(y | c) − (1/K) Σ_k log p(c_k | c_−k, y)`` under the global energy, averaged over rows.
 
         The K per-concept conditionals are averaged, not summed: summed, they outweigh the
@@ -512,19 +524,19 @@ class EnergyConceptBottleneck(ConceptLayer):
         co-occurrence before it learns ``y``. On the 112-concept set of ``tests/test_ecbm.py``
         ``argmin_y E_global(c_true, y)`` reached 0.67-1.00 over seeds 0-3 with the sum and
         1.00 on seeds 0-7 averaged. Averaged, each conditional keeps its own optimum and the
-        label term keeps its weight.
+        label term keeps its weight. ``w``: optional row weights ``(b,)`` (a weighted mean).
         """
         slots = self._global_slots()
         delta = slots[:, 1] - slots[:, 0]  # (K, H)
         pre_c = slots[:, 0].sum(0) + c @ delta  # (b, H)
         pre_u = self.global_u(self.class_embeddings)  # (M, H)
         e_all_y = self.global_mlp(pre_c[:, None, :] + pre_u[None]).squeeze(-1)  # (b, M)
-        nll_y = F.cross_entropy(-e_all_y, y)
+        nll_y = F.cross_entropy(-e_all_y, y) if w is None else _row_mean(F.cross_entropy(-e_all_y, y, reduction="none"), w)
         pre_true = pre_c + pre_u[y]  # (b, H)
         e_true = e_all_y.gather(1, y[:, None]).squeeze(1)  # (b,)
         flipped = pre_true[:, None, :] + (1 - 2 * c)[:, :, None] * delta[None]  # (b, K, H)
         e_flip = self.global_mlp(flipped).squeeze(-1)  # (b, K)
-        nll_c = F.softplus(e_true[:, None] - e_flip).mean()
+        nll_c = _row_mean(F.softplus(e_true[:, None] - e_flip), w)
         return nll_y + nll_c
 
     # -------------------------------------------------- probabilistic queries

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from bottlenecks import distributed
 from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, Units, one_hot_units
-from bottlenecks.layers.codes import Distance, kmeans, nearest_codes
+from bottlenecks.layers.codes import Distance, code_counts, kmeans, nearest_codes
 from bottlenecks.naming import accepts_renamed
 
 
@@ -184,7 +184,7 @@ class DiscreteKeyValueBottleneck(Bottleneck):
 
     def fetch(self, h: Tensor) -> Tensor:
         """Indices of the fetched keys ``(num_heads, batch, top_k)`` for features ``(batch, in_features)``."""
-        if not bool(self.keys_initialised):
+        if not self.host_value("keys_initialised", self.keys_initialised, bool):
             raise RuntimeError(
                 "DiscreteKeyValueBottleneck keys are not initialised: call init_from_data(features) "
                 "first (BottleneckModel does this at fit start), or use init='random'"
@@ -238,7 +238,7 @@ class DiscreteKeyValueBottleneck(Bottleneck):
                 xb = x[:, order[s : s + bs]]
                 flat = (nearest_codes(xb, keys, 1, self.distance) + offsets).reshape(-1)
                 sums = torch.zeros(C * J, d, device=x.device).index_add_(0, flat, xb.reshape(C * bs, d))
-                counts = torch.bincount(flat, minlength=C * J).view(C, J).float()
+                counts = code_counts(flat, C * J).view(C, J).float()
                 count.lerp_(counts, 1 - self.ema_decay)
                 total.lerp_(sums.view(C, J, d), 1 - self.ema_decay)
                 keys = total / count.clamp_min(1e-5).unsqueeze(-1)
@@ -263,7 +263,7 @@ class DiscreteKeyValueBottleneck(Bottleneck):
         else:
             z = F.embedding_bag(flat.permute(1, 0, 2).reshape(n * C, k), table, mode="mean")
             z = z.view(n, C * self.value_dim)
-        counts = torch.bincount(flat.reshape(-1), minlength=C * J).view(C, J).to(h.dtype)
+        counts = code_counts(flat, C * J).view(C, J).to(h.dtype)
         if self.training:
             self.usage += distributed.all_reduce_sum_(counts)  # the global batch's usage on every rank
         return BottleneckOutput(

@@ -34,11 +34,14 @@ from bottlenecks.layers.base import Bottleneck, BottleneckOutput, TextEncoder, U
 from bottlenecks.layers.codes import DISTANCES as _DISTANCES
 from bottlenecks.layers.codes import (
     Distance,
+    any_set,
+    code_counts,
     dead_fraction,
     kmeans,
     nearest_codes,
     perplexity,
     reseed_codes,
+    reseed_without_looking,
     rotate_to,
     straight_through,
     warn_collapse,
@@ -291,7 +294,7 @@ class VectorQuantizer(Bottleneck):
             usage metrics and the code counts ``(groups, codebook_size)`` of the batch.
         """
         n = h.shape[0]
-        if not bool(self.initialised):
+        if not self.host_value("initialised", self.initialised, bool):
             if self.training:
                 self.init_from_data(h.detach())
                 for t in (self.codebook.data, *((self.ema_sum, self.ema_count) if self.ema else ())):
@@ -303,7 +306,7 @@ class VectorQuantizer(Bottleneck):
                 )
         x = self._group(h)
         codebook = self.codes_tensor()
-        blocked = self.blocked if bool(self.blocked.any()) else None
+        blocked = self.blocked if self.host_value("blocked", self.blocked, any_set) else None
         idx = nearest_codes(x.detach(), codebook.detach(), 1, self.distance, blocked)  # (G, m)
         G, K = self.groups, self.codebook_size
         flat = idx + (torch.arange(G, device=idx.device) * K).unsqueeze(1) if G > 1 else idx
@@ -315,7 +318,7 @@ class VectorQuantizer(Bottleneck):
         losses["commitment"] = F.mse_loss(x, q.detach())
         z = rotate_to(x, q) if self.gradient == "rotation" else straight_through(x, q)
 
-        counts = torch.bincount(flat.reshape(-1), minlength=G * K).view(G, K).to(h.dtype)
+        counts = code_counts(flat, G * K).view(G, K).to(h.dtype)
         if self.training:
             self._update(x.detach(), flat, counts)
         metrics = self._usage_metrics(counts)
@@ -382,8 +385,8 @@ class VectorQuantizer(Bottleneck):
             m = int(round(float(counts[0].sum())))  # rows of the global batch
         scale = self.batch_scale
         usage_decay = self.usage_decay**scale
-        self.steps += 1
-        if int(self.steps) == 1 and not bool(self.usage.any()):
+        step = self.host_increment("steps", self.steps)
+        if step == 1 and not bool(self.usage.any()):
             # k-means codes start at the uniform usage; random codes at what they won in
             # this first batch, so that those far from the data are re-seeded at once
             if self.init == "kmeans":
@@ -392,7 +395,7 @@ class VectorQuantizer(Bottleneck):
                 self.usage.copy_(counts)
         else:
             self.usage.mul_(usage_decay).add_(counts, alpha=1.0 - usage_decay)
-        self.last_used.masked_fill_(counts > 0, int(self.steps))
+        self.last_used.masked_fill_(counts > 0, step)
 
         if sums is not None:
             ema_decay = self.ema_decay**scale
@@ -403,24 +406,35 @@ class VectorQuantizer(Bottleneck):
             codes = ema_sum / smoothed.unsqueeze(-1)
             if self.distance == "cosine":
                 codes = F.normalize(codes, dim=-1)
-            if not torch.isfinite(codes).all():  # never write inf/NaN into the codebook
-                raise ValueError(
-                    f"{type(self).__name__}: the EMA codebook update overflowed (features of magnitude "
-                    f"{float(x.abs().max()):.3g}); the codebook was left unchanged"
-                )
+            # never write inf/NaN into the codebook: raise before writing, or, under deferred
+            # checks, keep the old state on the device and raise at the flush
+            finite = torch.isfinite(codes).all()
+            self.check_soon("ema update", finite, self._raise_on_overflow, torch.logical_and)
+            if self.deferring_checks:
+                ema_count = torch.where(finite, ema_count, self.ema_count)
+                ema_sum = torch.where(finite, ema_sum, self.ema_sum)
+                codes = torch.where(finite, codes, self.codebook)
             self.ema_count.copy_(ema_count)
             self.ema_sum.copy_(ema_sum)
             self.codebook.copy_(codes)
 
         if self.dead_code_threshold > 0:
             dead = self.usage < self.dead_code_threshold * scale
-            if bool(dead.any()):  # the same on every rank: the usage comes from the global counts
+            # the same on every rank: the usage comes from the global counts
+            if reseed_without_looking(self) or bool(dead.any()):
                 fresh = reseed_codes(self.codebook.data, dead, x)
                 if self.ema:
                     self.ema_sum.copy_(torch.where(dead.unsqueeze(-1), fresh, self.ema_sum))
                     self.ema_count.masked_fill_(dead, 1.0)
                 self.usage.masked_fill_(dead, m / K)
-                self.last_used.masked_fill_(dead, int(self.steps))
+                self.last_used.masked_fill_(dead, step)
+
+    def _raise_on_overflow(self, finite: Tensor) -> None:
+        if not bool(finite):
+            raise ValueError(
+                f"{type(self).__name__}: the EMA codebook update overflowed (features too large for float32 "
+                "sums); the codebook was left unchanged"
+            )
 
     def set_batch_scale(self, scale: float) -> None:
         """Train at ``scale`` times the batch the per-batch settings were chosen for.
@@ -440,17 +454,17 @@ class VectorQuantizer(Bottleneck):
         collapse warning once the window of ``dead_window`` batches has filled."""
         dead = self.dead_fraction()
         metrics = {"perplexity": perplexity(counts), "usage_perplexity": perplexity(self.usage), "dead_fraction": dead}
-        if self.training and self.collapse_threshold > 0 and int(self.steps) >= self.dead_window:
-            warn_collapse(
-                self, 1.0 - float(dead), self.collapse_threshold,
+        if self.training and self.collapse_threshold > 0 and self.host_value("steps", self.steps, int) >= self.dead_window:
+            self.check_soon("collapse", dead, lambda d: warn_collapse(
+                self, 1.0 - float(d), self.collapse_threshold,
                 f"{self.groups * self.codebook_size} codes",
                 "Try init='kmeans', ema=True with dead_code_threshold > 0, simvq=True, or a smaller codebook_size",
-            )
+            ))
         return metrics
 
     def dead_fraction(self) -> Tensor:
         """Fraction of codes chosen in none of the last ``dead_window`` training batches (scalar)."""
-        return dead_fraction(self.last_used, self.steps, self.dead_window)
+        return dead_fraction(self.last_used, self.steps, self.dead_window, self.host_value("steps", self.steps, int))
 
     def suppress(self, codes: list[int], head: int = 0, suppressed: bool = True) -> None:
         """Never choose ``codes`` (of codebook ``head``) again, or allow them again.
@@ -661,7 +675,7 @@ class FiniteScalarQuantizer(_ImplicitCodebook):
         """Rounded scalars in ``[-1, 1]`` ``(batch, D)`` (straight-through) and codes ``(batch,)``."""
         b = self._bound(u)
         half_width = torch.div(self._levels, 2, rounding_mode="floor")
-        if bool(self.blocked.any()):
+        if self.host_value("blocked", self.blocked, any_set):
             # suppressed codes: the nearest allowed point of the implicit codebook instead
             grid = self.codes_to_scalars(torch.arange(self.codebook_size, device=b.device)) * half_width
             dist = torch.cdist(b.detach(), grid).masked_fill(self.blocked, float("inf"))
@@ -678,7 +692,7 @@ class FiniteScalarQuantizer(_ImplicitCodebook):
         """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, 1)``."""
         self.check_input(h)
         q, codes = self.quantize_scalars(self.project_in(h))
-        counts = torch.bincount(codes, minlength=self.codebook_size).unsqueeze(0).to(h.dtype)
+        counts = code_counts(codes, self.codebook_size).unsqueeze(0).to(h.dtype)
         return BottleneckOutput(
             z=self.project_out(q),
             codes=codes.unsqueeze(1),
@@ -803,7 +817,7 @@ class LookupFreeQuantizer(_ImplicitCodebook):
         """``h`` ``(batch, in_features)`` → ``z`` ``(batch, out_features)``, ``codes`` ``(batch, 1)``."""
         self.check_input(h)
         u = self.project_in(h)
-        if bool(self.blocked.any()):
+        if self.host_value("blocked", self.blocked, any_set):
             grid = self.codes_to_bits(torch.arange(self.codebook_size, device=u.device))
             codes = (u.detach() @ grid.t()).masked_fill_(self.blocked, float("-inf")).argmax(-1)
             q = grid[codes].to(u.dtype)
@@ -816,13 +830,14 @@ class LookupFreeQuantizer(_ImplicitCodebook):
             "entropy": sample - self.diversity_weight * codebook,
             "commitment": F.mse_loss(u, q),
         }
-        counts = torch.bincount(codes, minlength=self.codebook_size).unsqueeze(0).to(u.dtype)
+        counts = code_counts(codes, self.codebook_size).unsqueeze(0).to(u.dtype)
         if self.training:
             with torch.no_grad():
-                self.steps += 1
+                step = self.host_increment("steps", self.steps)
                 self.usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
-                self.last_used.masked_fill_(counts > 0, int(self.steps))
-        dead = dead_fraction(self.last_used, self.steps, self.dead_window)
+                self.last_used.masked_fill_(counts > 0, step)
+        steps = self.host_value("steps", self.steps, int)
+        dead = dead_fraction(self.last_used, self.steps, self.dead_window, steps)
         metrics = {
             "perplexity": perplexity(counts),
             "usage_perplexity": perplexity(self.usage),
@@ -830,9 +845,10 @@ class LookupFreeQuantizer(_ImplicitCodebook):
             "sample_entropy": sample.detach(),
             "codebook_entropy": codebook.detach(),
         }
-        if self.training and self.collapse_threshold > 0 and int(self.steps) >= self.dead_window:
-            warn_collapse(self, 1.0 - float(dead), self.collapse_threshold, f"{self.codebook_size} codes",
-                          "Raise the weight of the 'entropy' loss or its diversity_weight")
+        if self.training and self.collapse_threshold > 0 and steps >= self.dead_window:
+            self.check_soon("collapse", dead, lambda d: warn_collapse(
+                self, 1.0 - float(d), self.collapse_threshold, f"{self.codebook_size} codes",
+                "Raise the weight of the 'entropy' loss or its diversity_weight"))
         return BottleneckOutput(
             z=self.project_out(straight_through(u, q)), losses=losses, codes=codes.unsqueeze(1), metrics=metrics
         )

@@ -19,7 +19,7 @@ import torchmetrics
 from torch import Tensor, nn
 
 from bottlenecks import distributed
-from bottlenecks.layers.base import CONCEPT_LOSS, Bottleneck, BottleneckOutput, masked_concept_bce
+from bottlenecks.layers.base import CONCEPT_LOSS, Bottleneck, BottleneckOutput, deferred_checks, masked_concept_bce
 from bottlenecks.layers.blocks import mlp
 
 Task = Literal["classification", "regression"]
@@ -366,10 +366,21 @@ class BottleneckModel(L.LightningModule):
         if concepts is not None and f"{stage}_" in self.concept_metrics:
             self.concept_metrics[f"{stage}_"].update(concepts, batch["concepts"])
 
+    #: Whether the bottleneck's host-side checks (input range, EMA overflow, codebook collapse)
+    #: are read once per Lightning batch instead of at every call, and its layers take their
+    #: sync-free paths (:func:`~bottlenecks.layers.base.deferred_checks`): None — on
+    #: accelerators, where each read makes the host wait for the device; True/False — always/never.
+    defer_host_checks: bool | None = None
+
+    def _batch_checks(self) -> Any:
+        defer = self.defer_host_checks
+        return deferred_checks(self.bottleneck, self.device.type != "cpu" if defer is None else defer)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        if self._minibatch is None:
-            return self._step(batch, "train")
-        self._steps_over(batch, self._minibatch)
+        with self._batch_checks():
+            if self._minibatch is None:
+                return self._step(batch, "train")
+            self._steps_over(batch, self._minibatch)
         return None
 
     # --------------------------------------------- several optimiser steps per batch
@@ -482,13 +493,16 @@ class BottleneckModel(L.LightningModule):
             dst.ready = dst.completed = src.completed
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        with self._batch_checks():
+            self._step(batch, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        with self._batch_checks():
+            self._step(batch, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        y_hat, out = self(batch["x"])
+        with self._batch_checks():
+            y_hat, out = self(batch["x"])
         pred: dict[str, Tensor] = {"y_hat": y_hat}
         if self.task == "classification":
             pred["y_pred"] = y_hat.argmax(-1)
