@@ -102,34 +102,50 @@ def _raw(a: ArrayLike) -> torch.Tensor:
     return (a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))).detach()
 
 
+class _Columns:
+    """One stable sort per column of ``a`` ``(n, d)``, shared by everything auto reads from the
+    column order: distinct counts (discreteness, duplicates) and normal scores."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+        n = a.shape[0]
+        self.order = np.argsort(np.ascontiguousarray(a.T), axis=1, kind="stable")  # (d, n)
+        if n == 0:
+            self.distinct = np.zeros(a.shape[1], dtype=np.int64)
+            return
+        s = np.take_along_axis(a.T, self.order, axis=1)  # (d, n) sorted columns
+        self.ties = s[:, 1:] == s[:, :-1]
+        self.distinct = n - self.ties.sum(1)
+
+    def scores(self, seed: int, columns: list[int] | None = None) -> np.ndarray:
+        """:func:`normal_scores` of ``columns`` (default: all), from the shared sort."""
+        a, n = self.a, self.a.shape[0]
+        columns = list(range(a.shape[1])) if columns is None else columns
+        rng = np.random.default_rng(seed)
+        table = ndtri(np.arange(1, n + 1) / (n + 1.0))  # the score of each rank
+        out = np.empty((n, len(columns)), dtype=np.float64)
+        for i, j in enumerate(columns):
+            perm = rng.permutation(n)  # drawn for every column: the same draws as without the shared sort
+            if n and self.ties[j].any():  # ties: distinct ranks in random order
+                order = perm[np.argsort(a[perm, j], kind="stable")]
+            else:  # no ties: the one sorting order, whatever the permutation
+                order = self.order[j]
+            out[order, i] = table
+        return out
+
+
 def normal_scores(a: np.ndarray, seed: int = 0) -> np.ndarray:
     """Each column of ``a`` ``(n, d)`` replaced by ``Phi^-1(rank / (n + 1))``; ties get distinct
     ranks in random order (``seed``)."""
-    n = a.shape[0]
-    rng = np.random.default_rng(seed)
-    out = np.empty(a.shape, dtype=np.float64)
-    for j in range(a.shape[1]):
-        perm = rng.permutation(n)
-        order = perm[np.argsort(a[perm, j], kind="stable")]
-        ranks = np.empty(n)
-        ranks[order] = np.arange(1, n + 1)
-        out[:, j] = ndtri(ranks / (n + 1.0))
-    return out
+    return _Columns(np.asarray(a)).scores(seed)
 
 
-def _distinct_per_column(a: np.ndarray) -> np.ndarray:
-    """How many distinct values each column of ``a`` ``(n, d)`` holds (one sort per column)."""
-    if a.shape[0] == 0:
-        return np.zeros(a.shape[1], dtype=np.int64)
-    s = np.sort(a, axis=0)
-    return 1 + (s[1:] != s[:-1]).sum(0)
-
-
-def _discrete(t: torch.Tensor, n: int) -> tuple[bool, str]:
+def _discrete(t: torch.Tensor, n: int, cols: _Columns | None = None) -> tuple[bool, str]:
     if not (t.is_floating_point() or t.is_complex()):
         return True, "integer/bool values"
     a = t.reshape(t.shape[0], -1).cpu().numpy()
-    if int(_distinct_per_column(a).max(initial=0)) > math.sqrt(n):
+    distinct = (cols or _Columns(a)).distinct
+    if int(distinct.max(initial=0)) > math.sqrt(n):
         return False, ""  # rows are at least as varied as their most varied column: no row sort needed
     m = int(np.unique(a, axis=0).shape[0])
     if m <= math.sqrt(n):
@@ -145,8 +161,6 @@ def _excess_kurtosis(a: np.ndarray) -> float:
     return float(np.max(k))
 
 
-def _duplicate_fraction(a: np.ndarray) -> float:
-    return float(1.0 - _distinct_per_column(a).min() / a.shape[0])
 
 
 def estimate_mi(
@@ -214,8 +228,9 @@ def _auto(x: ArrayLike, y: ArrayLike, units: Units, seed: int, k: int, max_knn_d
     for name, t in (("x", xt), ("y", yt)):
         if len(constant_columns(t)) == t.shape[1]:
             return _result(0.0, units, n, "constant", {}, f"{name} is constant (one distinct value): no information", {})
-    dx_disc, why_x = _discrete(xr, n)
-    dy_disc, why_y = _discrete(yr, n)
+    cols = {name: _Columns(t.cpu().numpy()) if t.is_floating_point() else None for name, t in (("x", xt), ("y", yt))}
+    dx_disc, why_x = _discrete(xr, n, cols["x"])
+    dy_disc, why_y = _discrete(yr, n, cols["y"])
     if dx_disc and dy_disc:
         est = BinningMI(discrete_x=True, discrete_y=True, correction="miller_madow")
         xs = xr if not xr.is_floating_point() else torch.unique(xt, dim=0, return_inverse=True)[1]
@@ -236,23 +251,22 @@ def _auto(x: ArrayLike, y: ArrayLike, units: Units, seed: int, k: int, max_knn_d
                        f"{which} is discrete ({why_x if dx_disc else why_y}), the other continuous: "
                        "Ross's continuous-discrete k-NN estimator", r.details)
     notes = []
-    keep = []
+    keep = {}
     for name, t in (("x", xt), ("y", yt)):
         const = constant_columns(t)
         if const:
             notes.append(f"dropped constant column(s) {const[:5]} of {name}")
-        keep.append(t[:, [j for j in range(t.shape[1]) if j not in set(const)]])
-    xt, yt = keep
-    if xt.shape[1] == 0 or yt.shape[1] == 0:
+        keep[name] = [j for j in range(t.shape[1]) if j not in set(const)]
+    if not keep["x"] or not keep["y"]:
         return _result(0.0, units, n, "constant", {}, "x or y is constant: no information; " + "; ".join(notes), {})
-    xa, ya = xt.cpu().numpy(), yt.cpu().numpy()
+    xa, ya = cols["x"].a[:, keep["x"]], cols["y"].a[:, keep["y"]]
     kurt = max(_excess_kurtosis(xa), _excess_kurtosis(ya))
-    dup = max(_duplicate_fraction(xa), _duplicate_fraction(ya))
+    dup = max(float(1.0 - cols[name].distinct[keep[name]].min() / n) for name in ("x", "y"))
     if kurt > 3.0:
         notes.append(f"heavy tails (excess kurtosis up to {kurt:.1f})")
     if dup > 0.0:
         notes.append(f"{100 * dup:.0f}% duplicated values (ties broken at random)")
-    xs, ys = normal_scores(xa, seed), normal_scores(ya, seed + 1)
+    xs, ys = cols["x"].scores(seed, keep["x"]), cols["y"].scores(seed + 1, keep["y"])
     d = xs.shape[1] + ys.shape[1]
     cands: dict[str, float] = {}
     details: dict[str, Any] = {"dim": d, "excess_kurtosis": kurt, "duplicate_fraction": dup}
