@@ -23,7 +23,7 @@ Two measurements, printed as tables:
    lr=1e-2)`` with each training mode for 15 and 40 epochs.
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sklearn_parity.py [--out DIR] [--skip-toy]
-        [--resplits 8] [--feature-scale shared|per_feature]
+        [--resplits 8] [--feature-scale shared|per_feature] [--coins]
 """
 
 from __future__ import annotations
@@ -280,6 +280,38 @@ def resplit_table(out: Path, splits: int, feature_scale: str | None = None) -> s
     return "\n".join(rows)
 
 
+def coin_table(out: Path, splits: int = 8, redraws: tuple[int, ...] = (7, 8)) -> str:
+    """scikit-learn on the two invisible coins alone: the CSV's coins, the same images with the
+    coins redrawn (seeds ``redraws``, fixed over the splits as the CSV's are), and fresh coins
+    for every split — the same re-splits as :func:`resplit_table`. Shows how much of the
+    invisible-coin accuracy above 0.5 belongs to one draw of the coins."""
+    from sklearn.linear_model import LogisticRegression
+
+    dm = image_datamodule(data_yaml(out, make_image_folder(out / "images_csv")))
+    dm.setup("test")
+    parts = [dm.split(s) for s in ("train", "val", "test")]
+    x = np.concatenate([np.asarray(p.x) for p in parts]).astype(np.float64)
+    hidden = [CONCEPTS.index("hidden_a"), CONCEPTS.index("hidden_b")]
+    pools = {"the CSV's coins": np.concatenate([np.asarray(p.concepts) for p in parts])[:, hidden]}
+    for seed in redraws:
+        pools[f"redrawn once (seed {seed})"] = (np.random.default_rng(seed).random((len(x), 2)) < 0.5).astype(float)
+    pools["fresh for every split"] = None
+    fresh_rng = np.random.default_rng(123)
+    acc: dict[str, list[float]] = {k: [] for k in pools}
+    for split in range(splits):
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(100 + split)).numpy()
+        tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
+        for name, coins in pools.items():
+            coins = (fresh_rng.random((len(x), 2)) < 0.5).astype(float) if coins is None else coins
+            acc[name].append(float(np.mean([
+                (LogisticRegression(max_iter=1000).fit(x[tr], coins[tr, j]).predict(x[te]) == coins[te, j]).mean()
+                for j in range(2)])))
+    rows = [f"scikit-learn LogisticRegression on the 2 invisible coins, {splits} re-splits (mean ± SE)\n",
+            "| coins | accuracy |", "|---|---|"]
+    rows += [f"| {k} | {np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)):.4f} |" for k, v in acc.items()]
+    return "\n".join(rows)
+
+
 # ------------------------------------------------------------------ the Gaussian toy
 def toy_data(seed: int = 0):  # noqa: ANN201
     g = torch.Generator().manual_seed(seed)
@@ -341,6 +373,7 @@ def main() -> None:
     p.add_argument("--skip-images", action="store_true", help="only the Gaussian toy")
     p.add_argument("--skip-toy", action="store_true", help="only the image-folder table")
     p.add_argument("--resplits", type=int, default=8, help="random re-splits of the image table (0: none)")
+    p.add_argument("--coins", action="store_true", help="also the invisible-coin table (coin_table), on the re-splits")
     p.add_argument("--feature-scale", choices=["shared", "per_feature"], default=None,
                    help="the re-split table's feature scaling (default: the model's and probe's defaults)")
     args = p.parse_args()
@@ -358,6 +391,9 @@ def main() -> None:
         if args.resplits:
             print("\nthe image folder, re-split\n")
             print(resplit_table(out, args.resplits, args.feature_scale))
+            if args.coins:
+                print("\nthe invisible coins\n")
+                print(coin_table(out, args.resplits))
     print(f"load: {Path('/proc/loadavg').read_text().strip() if Path('/proc/loadavg').exists() else '?'}")
 
 
