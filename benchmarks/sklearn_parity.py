@@ -349,8 +349,8 @@ def joint_holdout_table(out: Path, splits: int = 8, epochs: int = 15) -> str:
                                 enable_checkpointing=select, deterministic=True,
                                 callbacks=[CBMTrainingMode("joint")] + ([ck] if ck else []))
             trainer.fit(model, dm)
-            acc = trainer.test(model, dm, ckpt_path="best" if select else None, verbose=False, weights_only=False)[0]
-            chosen = int(torch.load(ck.best_model_path, weights_only=False)["epoch"]) + 1 if ck else n_epochs
+            acc = trainer.test(model, dm, ckpt_path="best" if select else None, verbose=False, weights_only=True)[0]
+            chosen = int(torch.load(ck.best_model_path, weights_only=True)["epoch"]) + 1 if ck else n_epochs
         return acc["test/task_acc"], chosen
 
     names = ("checkpoint chosen on 180 held-out rows (1620 trained on)", "refitted on all 1800 for the chosen epochs",
