@@ -73,12 +73,14 @@ def test_codebooks_bit_identical_on_every_rank(tmp_path: Path) -> None:
     """Ranks seeded differently, buffers not broadcast by DDP: k-means init, EMA statistics,
     dead-code replacement, DKVB keys and codebook features still agree bit for bit."""
     rank0, rank1 = launch("identical", tmp_path, world=2)
-    for name in ("vq", "rvq", "dkvb", "codebook_features"):
+    layers = ("vq", "rvq", "dkvb", "codebook_features")
+    for name in layers + tuple(f"{n}-deferred" for n in layers):  # and with deferred host checks
         a, b = rank0[name]["state"], rank1[name]["state"]
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}.{key} differs between ranks"
-    for name in ("vq", "rvq", "codebook_features"):  # dead codes were replaced, on both ranks alike
+    for name in ("vq", "rvq", "codebook_features", "vq-deferred", "codebook_features-deferred"):
+        # dead codes were replaced, on both ranks alike
         counts = (rank0[name]["reseeds"], rank1[name]["reseeds"])
         assert counts[0] > 0 and counts[0] == counts[1], (name, counts)
     assert bool(rank0["dkvb"]["state"]["keys_initialised"])

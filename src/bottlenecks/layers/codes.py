@@ -194,8 +194,8 @@ def reseed_without_looking(layer: Any) -> bool:
     """Whether ``layer``'s dead-code replacement may run without first reading whether any code
     is dead (a device sync): under deferred checks in one process — the replacement is masked,
     so with no dead code it writes nothing, at the cost of K random picks. Several processes
-    look first: the replacement broadcasts rank 0's picks, a collective every rank must join
-    or skip together."""
+    look first: there the replacement broadcasts rank 0's picks (``K × d`` values), which
+    would otherwise be sent every step; the ranks agree on the answer (global usage)."""
     return layer.deferring_checks and not distributed.is_distributed()
 
 
