@@ -201,6 +201,22 @@ def image_table(out: Path) -> str:
     return "\n".join(rows)
 
 
+def all_rows(out: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every image's cached features, concepts and label (train, val, test rows in order):
+    ``(x float32, concepts float32, y int64)``, the pool the re-splits draw from."""
+    dm = image_datamodule(data_yaml(out, make_image_folder(out / "images_csv")))
+    dm.setup("test")
+    parts = [dm.split(s) for s in ("train", "val", "test")]
+    cat = lambda key: torch.cat([torch.as_tensor(getattr(p, key)) for p in parts])  # noqa: E731
+    return cat("x").float(), cat("concepts").float(), cat("y").long()
+
+
+def resplit(n: int, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of re-split ``split`` (seed ``100 + split``): ``N_TRAIN`` training rows, the rest test."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(100 + split))
+    return perm[:N_TRAIN], perm[N_TRAIN:]
+
+
 def resplit_table(out: Path, splits: int, feature_scale: str | None = None) -> str:
     """The same comparison over ``splits`` random 1800/600 re-splits of the 2400 images.
 
@@ -219,11 +235,7 @@ def resplit_table(out: Path, splits: int, feature_scale: str | None = None) -> s
     from bottlenecks.models.module import BottleneckModel
     from bottlenecks.models.stages import fit_cbm_exactly
 
-    dm = image_datamodule(data_yaml(out, make_image_folder(out / "images_csv")))
-    dm.setup("test")
-    parts = [dm.split(s) for s in ("train", "val", "test")]
-    cat = lambda key: torch.cat([torch.as_tensor(getattr(p, key)) for p in parts])  # noqa: E731
-    x_all, y_all, c_all = cat("x").float(), cat("y").long(), cat("concepts").float()
+    x_all, c_all, y_all = all_rows(out)
     names = ("concept_acc", "task_acc_independent", "task_acc_sequential", "probe_acc", "visible_concept_acc",
              "hidden_concept_acc", "hidden_majority_share")
     ours: dict[str, list[float]] = {k: [] for k in names}
@@ -232,8 +244,7 @@ def resplit_table(out: Path, splits: int, feature_scale: str | None = None) -> s
     visible = [i for i, c in enumerate(CONCEPTS) if not c.startswith("hidden")]
     hidden = [i for i, c in enumerate(CONCEPTS) if c.startswith("hidden")]
     for split in range(splits):
-        perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(100 + split))
-        tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
+        tr, te = resplit(len(x_all), split)
         x, y, c, xt, yt, ct = x_all[tr], y_all[tr], c_all[tr], x_all[te], y_all[te], c_all[te]
         for mode in ("independent", "sequential"):
             model = BottleneckModel(ConceptBottleneck(x.shape[1], concept_names=CONCEPTS), num_classes=2,
@@ -275,8 +286,8 @@ def resplit_table(out: Path, splits: int, feature_scale: str | None = None) -> s
     for k, label in labels.items():
         rows.append(f"| {label} | {cell(ours[k])} | {cell(theirs[k])} |")
     rows.append(f"\nthe training rows' majority as the prediction for the 2 invisible coins scores {cell(majority)} on "
-                "the test rows: with the 2400 images re-split, a split whose training rows hold more heads holds "
-                "fewer in its test rows, so a constant prediction pays below 0.5 here and not on fresh draws")
+                "the test rows (a reference: with the 2400 images re-split, a split whose training rows hold more "
+                "heads holds fewer in its test rows; see coin_table for how one draw of the coins moves these rows)")
     return "\n".join(rows)
 
 
@@ -287,20 +298,17 @@ def coin_table(out: Path, splits: int = 8, redraws: tuple[int, ...] = (7, 8)) ->
     invisible-coin accuracy above 0.5 belongs to one draw of the coins."""
     from sklearn.linear_model import LogisticRegression
 
-    dm = image_datamodule(data_yaml(out, make_image_folder(out / "images_csv")))
-    dm.setup("test")
-    parts = [dm.split(s) for s in ("train", "val", "test")]
-    x = np.concatenate([np.asarray(p.x) for p in parts]).astype(np.float64)
+    xt, ct, _ = all_rows(out)
+    x = xt.double().numpy()
     hidden = [CONCEPTS.index("hidden_a"), CONCEPTS.index("hidden_b")]
-    pools = {"the CSV's coins": np.concatenate([np.asarray(p.concepts) for p in parts])[:, hidden]}
+    pools = {"the CSV's coins": ct[:, hidden].numpy()}
     for seed in redraws:
         pools[f"redrawn once (seed {seed})"] = (np.random.default_rng(seed).random((len(x), 2)) < 0.5).astype(float)
     pools["fresh for every split"] = None
     fresh_rng = np.random.default_rng(123)
     acc: dict[str, list[float]] = {k: [] for k in pools}
     for split in range(splits):
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(100 + split)).numpy()
-        tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
+        tr, te = (rows.numpy() for rows in resplit(len(x), split))
         for name, coins in pools.items():
             coins = (fresh_rng.random((len(x), 2)) < 0.5).astype(float) if coins is None else coins
             acc[name].append(float(np.mean([
@@ -331,11 +339,7 @@ def joint_holdout_table(out: Path, splits: int = 8, epochs: int = 15) -> str:
     from bottlenecks.models.module import BottleneckModel
     from bottlenecks.models.stages import CBMTrainingMode
 
-    dm0 = image_datamodule(data_yaml(out, make_image_folder(out / "images_csv")))
-    dm0.setup("test")
-    parts = [dm0.split(s) for s in ("train", "val", "test")]
-    cat = lambda key: torch.cat([torch.as_tensor(getattr(p, key)) for p in parts])  # noqa: E731
-    x, c, y = cat("x").float(), cat("concepts").float(), cat("y").long()
+    x, c, y = all_rows(out)
 
     def fit(tr: torch.Tensor, va: torch.Tensor, te: torch.Tensor, n_epochs: int, select: bool) -> tuple[float, int]:
         L.seed_everything(0, verbose=False)
@@ -357,8 +361,7 @@ def joint_holdout_table(out: Path, splits: int = 8, epochs: int = 15) -> str:
              f"all 1800 rows, {epochs} epochs, last epoch")
     acc: dict[str, list[float]] = {k: [] for k in names}
     for split in range(splits):
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(100 + split))
-        tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
+        tr, te = resplit(len(x), split)
         a, held = tr[: N_TRAIN * 9 // 10], tr[N_TRAIN * 9 // 10 :]
         v, chosen = fit(a, held, te, epochs, True)
         acc[names[0]].append(v)

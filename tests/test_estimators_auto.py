@@ -45,6 +45,10 @@ def test_auto_discrete_pairs_and_mixed_pairs():
     assert r.value == pytest.approx(math.log(4), abs=0.01)
     # floats with few distinct values count as discrete too
     assert estimate_mi(x.double(), (x % 4).double()).method == "binning"
+    # integers are symbols whatever their number (here 200 > sqrt(n) = 63 distinct values)
+    many = torch.randint(0, 200, (4000,), generator=g)
+    r = estimate_mi(many, many % 5)
+    assert r.method == "binning" and "integer/bool values" in r.reason
     # several float columns: discrete when the rows (not each column) take few values
     few = torch.randint(0, 5, (4000, 2), generator=g).double()  # <= 25 distinct rows, sqrt(n) = 63
     assert estimate_mi(few, few[:, :1]).method == "binning"

@@ -157,6 +157,13 @@ def test_bad_input_still_raises_at_the_end_of_the_block() -> None:
     with pytest.raises(ValueError, match="magnitude"):
         with deferred_checks(vq):
             vq(huge)
+    # an error raised inside the block is the one reported; the queued checks are dropped
+    with pytest.raises(KeyError, match="the step's own error"):
+        with deferred_checks(vq):
+            vq(h)
+            raise KeyError("the step's own error")
+    with deferred_checks(vq):  # and they do not come back at the next block
+        vq(torch.randn(64, D))
 
 
 def test_an_overflowing_ema_update_is_skipped_on_the_device_and_reported() -> None:
@@ -229,11 +236,19 @@ def test_host_copies_follow_every_write_to_their_buffer() -> None:
         assert not (vq(h).codes[:, 0] == top).any(), "a loaded suppression was ignored"
 
 
-def test_the_model_defers_on_request_and_trains_as_well() -> None:
+def test_the_model_defers_on_request_and_trains_as_well(monkeypatch: pytest.MonkeyPatch) -> None:
     """``defer_host_checks=True`` on the CPU: the same training run, learning as much."""
     x, c, y = _data(1024)
-    accs = {}
+    accs, flushes = {}, {}
     for defer in (False, True):
+        calls = [0]
+        flush = VectorQuantizer.flush_checks
+
+        def counting_flush(self, calls=calls, flush=flush):  # noqa: ANN001, ANN202
+            calls[0] += 1
+            return flush(self)
+
+        monkeypatch.setattr(VectorQuantizer, "flush_checks", counting_flush)
         L.seed_everything(0, verbose=False)
         layer = VectorQuantizer(D, 32, ema=True, dead_code_threshold=1.0, num_heads=4)
         model = BottleneckModel(layer, num_classes=4, lr=1e-2)
@@ -246,4 +261,8 @@ def test_the_model_defers_on_request_and_trains_as_well() -> None:
             warnings.simplefilter("ignore")
             trainer.fit(model, dm)
             accs[defer] = trainer.validate(model, dm, verbose=False)[0]["val/task_acc"]
+        flushes[defer] = calls[0]
+    # deferred: one flush per Lightning batch (the 12 steps of an epoch form one grouped batch,
+    # steps_per_batch auto; 4 epochs, plus the validation batches), none otherwise
+    assert flushes[False] == 0 and flushes[True] >= 4, flushes
     assert accs[True] > 0.45 and abs(accs[True] - accs[False]) < 0.08, accs  # chance: 0.25 (measured .58/.58)

@@ -140,14 +140,13 @@ def normal_scores(a: np.ndarray, seed: int = 0) -> np.ndarray:
     return _Columns(np.asarray(a)).scores(seed)
 
 
-def _discrete(t: torch.Tensor, n: int, cols: _Columns | None = None) -> tuple[bool, str]:
-    if not (t.is_floating_point() or t.is_complex()):
+def _discrete(t: torch.Tensor, n: int, cols: _Columns | None) -> tuple[bool, str]:
+    """Whether ``t`` is discrete; ``cols``: its columns' shared sort (None for integer/bool ``t``)."""
+    if cols is None:
         return True, "integer/bool values"
-    a = t.reshape(t.shape[0], -1).cpu().numpy()
-    distinct = (cols or _Columns(a)).distinct
-    if int(distinct.max(initial=0)) > math.sqrt(n):
+    if int(cols.distinct.max(initial=0)) > math.sqrt(n):
         return False, ""  # rows are at least as varied as their most varied column: no row sort needed
-    m = int(np.unique(a, axis=0).shape[0])
+    m = int(np.unique(cols.a, axis=0).shape[0])
     if m <= math.sqrt(n):
         return True, f"only {m} distinct values in {n} samples"
     return False, ""
@@ -228,7 +227,9 @@ def _auto(x: ArrayLike, y: ArrayLike, units: Units, seed: int, k: int, max_knn_d
     for name, t in (("x", xt), ("y", yt)):
         if len(constant_columns(t)) == t.shape[1]:
             return _result(0.0, units, n, "constant", {}, f"{name} is constant (one distinct value): no information", {})
-    cols = {name: _Columns(t.cpu().numpy()) if t.is_floating_point() else None for name, t in (("x", xt), ("y", yt))}
+    # integer/bool input is discrete as given (as_2d has made xt, yt float64: look at the raw dtype)
+    cols = {name: _Columns(t.cpu().numpy()) if raw.is_floating_point() or raw.is_complex() else None
+            for name, raw, t in (("x", xr, xt), ("y", yr, yt))}
     dx_disc, why_x = _discrete(xr, n, cols["x"])
     dy_disc, why_y = _discrete(yr, n, cols["y"])
     if dx_disc and dy_disc:

@@ -447,16 +447,22 @@ def deferred_checks(module: nn.Module, enabled: bool = True) -> Iterator[None]:
     """
     layers = [m for m in module.modules() if isinstance(m, Bottleneck)] if enabled else []
     before = [m.__dict__.get("_defer_checks", False) for m in layers]
+    outermost = not any(before)
     for m in layers:
         m.__dict__["_defer_checks"] = True
     try:
         yield
+    except BaseException:
+        if outermost:  # the block's own error is the one to report: drop the queued checks
+            for m in layers:
+                m.__dict__.pop("_pending_checks", None)
+        raise
     finally:
         for m, b in zip(layers, before):
             m.__dict__["_defer_checks"] = b
-        if not any(before):
-            for m in layers:
-                m.flush_checks()
+    if outermost:
+        for m in layers:
+            m.flush_checks()
 
 
 # --------------------------------------------------------------------- concept layers
